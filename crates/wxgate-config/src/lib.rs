@@ -1,0 +1,195 @@
+//! wxgate's configuration.
+//!
+//! One TOML file (see `config/wxgate.example.toml` and the README's configuration reference),
+//! then environment variables `WXGATE_<SECTION>__<FIELD>` on top (`WXGATE_SERVER__LISTEN`,
+//! `WXGATE_APPS__SHOP__SECRET`). Secrets (app secrets, API keys) may be inline, or come from an
+//! environment variable (`secret_env`) or a file (`secret_file`, e.g. a mounted Kubernetes
+//! Secret). [`Settings::load`] parses and validates everything once and resolves the secrets
+//! into [`secrecy::SecretString`], whose `Debug` never shows the value; nothing in this crate
+//! prints a secret, including its errors.
+//!
+//! # Layout
+//! - `raw`: the file's shape, with serde defaults (what users write).
+//! - this module: the validated [`Settings`] the server runs on, and [`ConfigError`].
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+pub use raw::{AppKind, StoreKind, TokenMode};
+use secrecy::SecretString;
+
+/// A configuration that cannot be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn at(field: impl std::fmt::Display, msg: impl std::fmt::Display) -> Self {
+        Self(format!("{field}: {msg}"))
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub store: StoreSettings,
+    pub token: TokenSettings,
+    /// Apps by their wxgate name (the `{app}` of the URL).
+    pub apps: BTreeMap<String, App>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    /// This node's id (defaults to a random one at start-up).
+    pub node_id: Option<String>,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub kind: StoreKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// Refresh this long before WeChat's expiry (inside its 5-minute overlap).
+    pub refresh_ahead: Duration,
+}
+
+/// One WeChat app (Official Account or Mini Program).
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub appid: String,
+    pub kind: AppKind,
+    pub token_mode: TokenMode,
+    pub secret: SecretString,
+    /// Where the secret came from ("inline", "env:NAME", "file:PATH"), for `check-config`.
+    pub secret_source: String,
+}
+
+/// Which apps an API key may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppScope {
+    All,
+    Only(Vec<String>),
+}
+
+impl AppScope {
+    pub fn allows(&self, app: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(apps) => apps.iter().any(|a| a == app),
+        }
+    }
+}
+
+/// A caller's bearer key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub key: SecretString,
+    pub apps: AppScope,
+}
+
+impl Settings {
+    /// Loads `path` (if given) and the `WXGATE_*` environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(fig.merge(env_provider()))
+    }
+
+    /// Parses a TOML string (no environment), then validates. For tests and embedded configs.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)))
+    }
+
+    fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let raw: raw::RawSettings = fig.extract().map_err(|e| ConfigError(figment_message(e)))?;
+        raw.validate()
+    }
+}
+
+/// `WXGATE_SERVER__LISTEN` → `server.listen`. `WXGATE_CONFIG` names the file and `WXGATE_LOG`
+/// the log filter; they are not settings.
+fn env_provider() -> Env {
+    Env::prefixed("WXGATE_").split("__").ignore(&["config", "log", "log_format"])
+}
+
+fn figment_message(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let kind = e.kind.to_string();
+            let src = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            if path.is_empty() {
+                format!("{kind} ({src})")
+            } else {
+                format!("{path}: {kind} ({src})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn resolve_secret(
+    field: &str,
+    inline: Option<String>,
+    env: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<(SecretString, String), ConfigError> {
+    let given = [inline.is_some(), env.is_some(), file.is_some()].iter().filter(|b| **b).count();
+    if given != 1 {
+        return Err(ConfigError::at(
+            field,
+            format!("set exactly one of `{field}`, `{field}_env`, `{field}_file` (found {given})"),
+        ));
+    }
+    let (value, source) = if let Some(v) = inline {
+        (v, "inline".to_string())
+    } else if let Some(name) = env {
+        let v = std::env::var(&name).map_err(|_| {
+            ConfigError::at(format!("{field}_env"), format!("environment variable {name} is not set"))
+        })?;
+        (v, format!("env:{name}"))
+    } else {
+        let path = file.expect("one source is set");
+        let v = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::at(format!("{field}_file"), format!("cannot read {}: {e}", path.display()))
+        })?;
+        (v.trim_end_matches(['\r', '\n']).to_string(), format!("file:{}", path.display()))
+    };
+    if value.trim().is_empty() {
+        return Err(ConfigError::at(field, format!("the secret from {source} is empty")));
+    }
+    Ok((SecretString::from(value), source))
+}
+
+#[cfg(test)]
+mod tests;

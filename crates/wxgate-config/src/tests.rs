@@ -1,0 +1,95 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[apps.shop]
+appid = "wx0123456789abcdef"
+kind = "official_account"
+secret = "s3cr3t-value"
+
+[api_keys.orders]
+key = "orders-key-0123456789"
+apps = ["shop"]
+"#;
+
+#[track_caller]
+fn check_err(toml: &str, expected: &str) {
+    let err = Settings::from_toml_str(toml).expect_err("config should be refused").to_string();
+    assert!(err.contains(expected), "error `{err}` does not contain `{expected}`");
+}
+
+#[test]
+fn minimal_config_with_defaults() {
+    let s = Settings::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(s.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(s.server.max_body_bytes, 65536);
+    assert_eq!(s.upstream.base_url, "https://api.weixin.qq.com");
+    assert_eq!(s.upstream.connect_timeout, Duration::from_secs(3));
+    assert_eq!(s.upstream.request_timeout, Duration::from_secs(5));
+    assert_eq!(s.token.refresh_ahead, Duration::from_secs(300));
+    let app = &s.apps["shop"];
+    assert_eq!(app.token_mode, TokenMode::Stable);
+    assert_eq!(app.secret_source, "inline");
+    assert_eq!(s.api_keys[0].apps, AppScope::Only(vec!["shop".into()]));
+}
+
+#[test]
+fn secrets_never_in_debug_output() {
+    let s = Settings::from_toml_str(MINIMAL).unwrap();
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("s3cr3t-value"), "{dbg}");
+    assert!(!dbg.contains("orders-key-0123456789"), "{dbg}");
+}
+
+#[test]
+fn secret_from_file_and_env() {
+    let dir = std::env::temp_dir().join(format!("wxgate-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let toml = MINIMAL.replace(
+        r#"secret = "s3cr3t-value""#,
+        &format!("secret_file = {:?}", file.display().to_string()),
+    );
+    let s = Settings::from_toml_str(&toml).unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(s.apps["shop"].secret.expose_secret(), "from-file");
+    assert!(s.apps["shop"].secret_source.starts_with("file:"));
+
+    check_err(
+        &MINIMAL.replace(r#"secret = "s3cr3t-value""#, r#"secret_env = "WXGATE_TEST_NOT_SET_XYZ""#),
+        "apps.shop.secret_env: environment variable WXGATE_TEST_NOT_SET_XYZ is not set",
+    );
+}
+
+#[test]
+fn precise_errors() {
+    check_err(&MINIMAL.replace("wx0123456789abcdef", "wx123"), "apps.shop.appid: `wx123` is not");
+    check_err(&MINIMAL.replace("official_account", "blog"), "apps.shop.kind");
+    check_err(
+        &MINIMAL.replace(r#"secret = "s3cr3t-value""#, ""),
+        "apps.shop.secret: set exactly one of",
+    );
+    check_err(&MINIMAL.replace(r#"apps = ["shop"]"#, r#"apps = ["nope"]"#), "unknown app `nope`");
+    check_err(&MINIMAL.replace("orders-key-0123456789", "short"), "at least 16 characters");
+    check_err(&format!("{MINIMAL}\n[server]\nlisten = \"nowhere\""), "server.listen");
+    check_err(&format!("{MINIMAL}\n[server]\nlisnet = \"0.0.0.0:1\""), "server.lisnet: unknown field");
+    check_err(&format!("{MINIMAL}\n[upstream]\nbase_url = \"ftp://x\""), "upstream.base_url");
+    check_err(&format!("{MINIMAL}\n[server]\nworkers = 0"), "server.workers");
+    check_err(&format!("{MINIMAL}\n[store]\nkind = \"etcd\""), "store.kind");
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let text = include_str!("../../../config/wxgate.example.toml");
+    let dir = std::env::temp_dir().join(format!("wxgate-config-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("mini");
+    std::fs::write(&secret, "mini-secret").unwrap();
+    let text = text
+        .replace("secret_env = \"SHOP_APPSECRET\"", "secret = \"x-shop-secret\"")
+        .replace("/run/secrets/mini-appsecret", &secret.display().to_string())
+        .replace("key_env = \"ORDERS_API_KEY\"", "key = \"orders-key-0123456789\"");
+    let s = Settings::from_toml_str(&text).unwrap();
+    assert_eq!(s.apps.len(), 2);
+    assert_eq!(s.apps["mini"].kind, AppKind::MiniProgram);
+}

@@ -1,0 +1,168 @@
+//! The one error shape every failure is answered with:
+//!
+//! ```json
+//! {"code":"invalid_field","message":"...","field":"data.thing1.value",
+//!  "wechat_errcode":null,"retryable":false,"request_id":"..."}
+//! ```
+//!
+//! `code` is stable and machine-readable; `message` is for humans; `field` names the input at
+//! fault when there is one; `wechat_errcode` is set when WeChat answered; `retryable` says
+//! whether sending the same request again later can succeed. WeChat errcodes are mapped here
+//! from their class in `wxgate_protocol::errcode` and nowhere else.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde::Serialize;
+use wxgate_protocol::errcode::{self, ErrorClass};
+
+/// A failure, ready to be answered.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    pub wechat_errcode: Option<i64>,
+    pub retryable: bool,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    wechat_errcode: Option<i64>,
+    retryable: bool,
+    request_id: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            wechat_errcode: None,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
+    /// A 400 for a body that is not the API's JSON shape.
+    pub fn invalid_request(field: Option<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+        e.field = field;
+        e
+    }
+
+    /// A 422 for a well-formed body whose field breaks a rule.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
+    }
+
+    /// WeChat answered `errcode` to a send: map its class to status, code and retryability.
+    pub fn from_wechat(errcode: i64, errmsg: &str, class: ErrorClass, now_ms: u64) -> Self {
+        let name = errcode::lookup(errcode).map(|r| r.name).unwrap_or("unknown");
+        let message = format!("WeChat answered {errcode} ({name}): {errmsg}");
+        let (status, code) = match class {
+            ErrorClass::TokenRefresh => (StatusCode::BAD_GATEWAY, "upstream_token_rejected"),
+            ErrorClass::Backoff => (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"),
+            ErrorClass::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ErrorClass::QuotaExhausted => (StatusCode::TOO_MANY_REQUESTS, "quota_exhausted"),
+            ErrorClass::Caller => (StatusCode::UNPROCESSABLE_ENTITY, "rejected_by_wechat"),
+            ErrorClass::Config => (StatusCode::BAD_GATEWAY, "app_misconfigured"),
+            ErrorClass::Unclassified => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        };
+        let mut e = Self::new(status, code, message);
+        e.wechat_errcode = Some(errcode);
+        e.retryable = class.retryable();
+        e.retry_after = match class {
+            ErrorClass::RateLimited => {
+                Some(wxgate_protocol::time::next_minute_ms(now_ms).saturating_sub(now_ms) / 1000 + 1)
+            }
+            ErrorClass::QuotaExhausted => Some(
+                wxgate_protocol::time::next_beijing_midnight_ms(now_ms).saturating_sub(now_ms) / 1000
+                    + 1,
+            ),
+            ErrorClass::Backoff => Some(1),
+            _ => None,
+        };
+        if class == ErrorClass::QuotaExhausted {
+            e.message.push_str(&format!(
+                "; the quota resets at 00:00 Beijing time (in {} s)",
+                e.retry_after.unwrap_or(0)
+            ));
+        }
+        e
+    }
+
+    /// Answers with the JSON body and headers. `request_id` is echoed in the body.
+    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            resp.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        resp.json(Body {
+            code: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+            wechat_errcode: self.wechat_errcode,
+            retryable: self.retryable,
+            request_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(errcode: i64, status: u16, code: &str, retryable: bool) {
+        let class = errcode::classify(errcode, errcode::Endpoint::Business);
+        let e = ApiError::from_wechat(errcode, "msg", class, 1_000);
+        assert_eq!((e.status.as_u16(), e.code, e.retryable), (status, code, retryable), "{errcode}");
+        assert_eq!(e.wechat_errcode, Some(errcode));
+    }
+
+    #[test]
+    fn one_line_per_class() {
+        check(40001, 502, "upstream_token_rejected", true);
+        check(-1, 503, "upstream_unavailable", true);
+        check(45011, 429, "rate_limited", true);
+        check(45009, 429, "quota_exhausted", true);
+        check(43101, 422, "rejected_by_wechat", false);
+        check(47003, 422, "rejected_by_wechat", false);
+        check(40037, 502, "app_misconfigured", false);
+        check(12345, 502, "upstream_error", false);
+    }
+
+    #[test]
+    fn retry_after_points_at_the_window_reset() {
+        let minute = ApiError::from_wechat(45011, "", ErrorClass::RateLimited, 59_500);
+        assert_eq!(minute.retry_after, Some(1));
+        let day = ApiError::from_wechat(45009, "", ErrorClass::QuotaExhausted, 0);
+        // 1970-01-01T00:00Z is 08:00 in Beijing: 16 h to the reset.
+        assert_eq!(day.retry_after, Some(16 * 3600 + 1));
+    }
+}

@@ -1,0 +1,155 @@
+//! Building and running the server. [`Application::build`] binds the listener (port 0 works, for
+//! tests), builds every dependency once (store, upstream client, token manager) and hands them
+//! to each actix worker through `web::Data`. The binary and the tests share this path.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{middleware, web, App as ActixApp, HttpServer};
+use wxgate_config::{Settings, StoreKind};
+use wxgate_store::clock::{Clock, SystemClock};
+use wxgate_store::memory::MemoryStore;
+use wxgate_store::Store;
+use wxgate_upstream::{UpstreamConfig, WechatClient};
+
+use crate::request_id;
+use crate::routes;
+use crate::token::TokenManager;
+
+/// Everything a handler needs, built once per process.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn Store>,
+    pub client: WechatClient,
+    pub tokens: TokenManager,
+    pub clock: Arc<dyn Clock>,
+    pub node_id: String,
+}
+
+/// Optional overrides of what `build` would otherwise create from the settings.
+#[derive(Default)]
+pub struct BuildOptions {
+    /// An already bound listener (else `settings.server.listen` is bound).
+    pub listener: Option<TcpListener>,
+    /// A store to use instead of the configured one.
+    pub store: Option<Arc<dyn Store>>,
+    /// The clock for per-node decisions (token freshness); tests move it by hand.
+    pub clock: Option<Arc<dyn Clock>>,
+    /// Let actix handle SIGINT/SIGTERM (graceful stop). Off for in-process tests.
+    pub handle_signals: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A built, not yet running, server.
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    node_id: String,
+}
+
+impl Application {
+    pub fn build(settings: Settings, opts: BuildOptions) -> Result<Self, BuildError> {
+        let listener = match opts.listener {
+            Some(l) => l,
+            None => TcpListener::bind(settings.server.listen).map_err(|source| BuildError::Bind {
+                addr: settings.server.listen.to_string(),
+                source,
+            })?,
+        };
+        let addr = listener.local_addr().map_err(|e| BuildError::Setup(e.to_string()))?;
+        let clock: Arc<dyn Clock> = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let store: Arc<dyn Store> = match opts.store {
+            Some(s) => s,
+            None => match settings.store.kind {
+                StoreKind::Memory => Arc::new(MemoryStore::with_clock(clock.clone())),
+            },
+        };
+        let client = WechatClient::new(&UpstreamConfig {
+            base_url: settings.upstream.base_url.clone(),
+            connect_timeout: settings.upstream.connect_timeout,
+            request_timeout: settings.upstream.request_timeout,
+            pool_max_idle_per_host: settings.upstream.pool_max_idle_per_host,
+            ..UpstreamConfig::default()
+        })
+        .map_err(|e| BuildError::Setup(e.to_string()))?;
+        let node_id = settings.server.node_id.clone().unwrap_or_else(|| {
+            format!("wxgate-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+        });
+        let tokens = TokenManager::new(
+            store.clone(),
+            client.clone(),
+            clock.clone(),
+            node_id.clone(),
+            settings.token.refresh_ahead.as_millis() as u64,
+            settings.apps.values().map(|a| a.appid.as_str()),
+        );
+        let workers = settings.server.workers;
+        let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
+        let state = web::Data::new(AppState {
+            settings: Arc::new(settings),
+            store,
+            client,
+            tokens,
+            clock,
+            node_id: node_id.clone(),
+        });
+
+        let mut server = HttpServer::new(move || {
+            ActixApp::new()
+                .app_data(state.clone())
+                .wrap(middleware::from_fn(request_id::middleware))
+                .service(
+                    web::resource("/v1/apps/{app}/messages/template")
+                        .route(web::post().to(routes::send_template))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/apps/{app}/messages/subscribe")
+                        .route(web::post().to(routes::send_subscribe))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .route("/healthz", web::get().to(routes::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(workers)
+        .shutdown_timeout(shutdown_timeout);
+        if !opts.handle_signals {
+            server = server.disable_signals();
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| BuildError::Bind { addr: addr.to_string(), source })?
+            .run();
+        Ok(Self { addr, server, node_id })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// A handle to stop the server (`handle.stop(true)` drains in-flight requests).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
