@@ -1,1 +1,320 @@
-//! Test helpers (filled in below).
+//! Helpers for wxgate's end-to-end tests.
+//!
+//! - [`spawn`] starts a fake WeChat and an in-process gateway, each on its own `127.0.0.1:0`
+//!   port, and returns a [`TestGateway`] with a reqwest client. Every test gets its own pair, so
+//!   tests run in parallel without sharing anything.
+//! - [`binary`] finds the `wxgate` executable for cross-process tests (build it first:
+//!   `cargo build -p wxgate`), and [`ChildGuard`] kills a spawned process on drop.
+//!
+//! Proofs look at what *arrived at the fake WeChat* ([`TestGateway::calls`]), never at the
+//! gateway's own view.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use wxgate_config::Settings;
+use wxgate_fake_wechat::{demo, CallRecord, FakeConfig, FakeState, FakeWechat};
+use wxgate_server::{Application, BuildOptions};
+use wxgate_store::clock::ManualClock;
+
+/// Key allowed to use every app.
+pub const API_KEY: &str = "test-key-all-apps-0001";
+/// Key allowed to use the `oa` app only.
+pub const OA_ONLY_KEY: &str = "test-key-oa-only-0001";
+
+/// Gateway configuration used by [`spawn`]: `oa` is the fake's demo Official Account, `mini` its
+/// demo Mini Program. `{base_url}` and `{extra}` are filled in.
+fn gateway_toml(base_url: &str, refresh_ahead_secs: u64, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+max_body_bytes = 8192
+
+[upstream]
+base_url = "{base_url}"
+connect_timeout_ms = 1000
+request_timeout_ms = 2000
+
+[token]
+refresh_ahead_secs = {refresh_ahead_secs}
+
+[apps.oa]
+appid = "{oa}"
+kind = "official_account"
+secret = "{oa_secret}"
+
+[apps.mini]
+appid = "{mini}"
+kind = "mini_program"
+secret = "{mini_secret}"
+
+[api_keys.all]
+key = "{API_KEY}"
+apps = ["*"]
+
+[api_keys.oa-only]
+key = "{OA_ONLY_KEY}"
+apps = ["oa"]
+{extra}
+"#,
+        oa = demo::OA_APPID,
+        oa_secret = demo::OA_SECRET,
+        mini = demo::MINI_APPID,
+        mini_secret = demo::MINI_SECRET,
+    )
+}
+
+/// Options of [`spawn_with`].
+pub struct Options {
+    pub fake: FakeConfig,
+    pub refresh_ahead_secs: u64,
+    /// TOML appended to the gateway configuration.
+    pub extra_toml: String,
+    /// Replaces the gateway's upstream URL (e.g. a closed port).
+    pub upstream_override: Option<String>,
+    /// Replaces the `[apps.oa]` secret (e.g. a wrong one).
+    pub oa_secret_override: Option<String>,
+    /// `token_mode` of the `oa` app (default: stable).
+    pub oa_token_mode: Option<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            fake: FakeConfig::demo(),
+            refresh_ahead_secs: 300,
+            extra_toml: String::new(),
+            upstream_override: None,
+            oa_secret_override: None,
+            oa_token_mode: None,
+        }
+    }
+}
+
+/// A running fake WeChat and an in-process gateway in front of it.
+pub struct TestGateway {
+    pub url: String,
+    pub fake: FakeWechat,
+    pub http: reqwest::Client,
+    /// The gateway's clock (token freshness); the fake's clock is moved through `fake`.
+    pub clock: Arc<ManualClock>,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A response, decoded.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn spawn() -> TestGateway {
+    spawn_with(Options::default()).await
+}
+
+pub async fn spawn_with(opts: Options) -> TestGateway {
+    let fake_listener = TcpListener::bind("127.0.0.1:0").expect("bind fake");
+    let fake = FakeWechat::start(opts.fake, fake_listener)
+        .await
+        .expect("start fake WeChat");
+    let base = opts.upstream_override.unwrap_or_else(|| fake.base_url());
+    let mut toml = gateway_toml(&base, opts.refresh_ahead_secs, &opts.extra_toml);
+    if let Some(secret) = opts.oa_secret_override {
+        toml = toml.replace(
+            &format!("secret = \"{}\"", demo::OA_SECRET),
+            &format!("secret = \"{secret}\""),
+        );
+    }
+    if let Some(mode) = opts.oa_token_mode {
+        toml = toml.replacen(
+            "kind = \"official_account\"",
+            &format!("kind = \"official_account\"\ntoken_mode = \"{mode}\""),
+            1,
+        );
+    }
+    let settings = Settings::from_toml_str(&toml).expect("test gateway settings");
+    let clock = Arc::new(ManualClock::new());
+    let app = Application::build(
+        settings,
+        BuildOptions {
+            clock: Some(clock.clone()),
+            ..Default::default()
+        },
+    )
+    .expect("build gateway");
+    let url = format!("http://{}", app.local_addr());
+    let handle = app.handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    TestGateway {
+        url,
+        fake,
+        http,
+        clock,
+        handle,
+        task,
+    }
+}
+
+impl TestGateway {
+    pub fn fake_state(&self) -> FakeState {
+        self.fake.state()
+    }
+
+    /// Every call the fake WeChat received.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.fake.state().calls()
+    }
+
+    /// Calls the fake received on `path`.
+    pub fn calls_to(&self, path: &str) -> Vec<CallRecord> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.path == path)
+            .collect()
+    }
+
+    /// POSTs JSON to the gateway with the all-apps key.
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(API_KEY),
+            Some(body.to_string()),
+            "application/json",
+        )
+        .await
+    }
+
+    /// A fully controlled request: `key` None sends no Authorization header; `body` is raw.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+        content_type: &str,
+    ) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.expect("gateway answers");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+        let _ = self.task.await;
+        self.fake.stop().await;
+    }
+}
+
+/// A valid template message for the demo Official Account.
+pub fn template_body() -> Value {
+    serde_json::json!({
+        "touser": demo::USER_OPENID,
+        "template_id": demo::OA_TEMPLATE_ID,
+        "data": {
+            "character_string1": {"value": "SO-20261127-001"},
+            "thing2": {"value": "Blue mug"},
+            "time3": {"value": "2026-11-27 10:30"}
+        }
+    })
+}
+
+/// A valid subscribe message for the demo Mini Program.
+pub fn mini_subscribe_body() -> Value {
+    serde_json::json!({
+        "touser": demo::USER_OPENID,
+        "template_id": demo::MINI_SUBSCRIBE_TEMPLATE_ID,
+        "page": "pages/booking/detail?id=42",
+        "data": {
+            "thing1": {"value": "Dental check-up"},
+            "time2": {"value": "2026-11-28 09:00"},
+            "phrase3": {"value": "已预约"}
+        }
+    })
+}
+
+/// A valid subscribe (bizsend) message for the demo Official Account.
+pub fn oa_subscribe_body() -> Value {
+    serde_json::json!({
+        "touser": demo::USER_OPENID,
+        "template_id": demo::OA_SUBSCRIBE_TEMPLATE_ID,
+        "page": "https://example.com/orders/42",
+        "data": {
+            "thing1": {"value": "Your order shipped"},
+            "date2": {"value": "2026-11-27"}
+        }
+    })
+}
+
+/// The `wxgate` executable built by `cargo build -p wxgate` (same profile as the tests).
+pub fn binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join("wxgate");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p wxgate` before these tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Kills the child process when dropped, so a failing test leaves nothing running.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound then released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -118,7 +118,10 @@ impl Settings {
         let mut fig = Figment::new();
         if let Some(path) = path {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file_exact(path));
         }
@@ -139,7 +142,9 @@ impl Settings {
 /// `WXGATE_SERVER__LISTEN` → `server.listen`. `WXGATE_CONFIG` names the file and `WXGATE_LOG`
 /// the log filter; they are not settings.
 fn env_provider() -> Env {
-    Env::prefixed("WXGATE_").split("__").ignore(&["config", "log", "log_format"])
+    Env::prefixed("WXGATE_")
+        .split("__")
+        .ignore(&["config", "log", "log_format"])
 }
 
 fn figment_message(e: figment::Error) -> String {
@@ -147,7 +152,11 @@ fn figment_message(e: figment::Error) -> String {
         .map(|e| {
             let path = e.path.join(".");
             let kind = e.kind.to_string();
-            let src = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let src = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
             if path.is_empty() {
                 format!("{kind} ({src})")
             } else {
@@ -164,7 +173,10 @@ fn resolve_secret(
     env: Option<String>,
     file: Option<PathBuf>,
 ) -> Result<(SecretString, String), ConfigError> {
-    let given = [inline.is_some(), env.is_some(), file.is_some()].iter().filter(|b| **b).count();
+    let given = [inline.is_some(), env.is_some(), file.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if given != 1 {
         return Err(ConfigError::at(
             field,
@@ -175,18 +187,30 @@ fn resolve_secret(
         (v, "inline".to_string())
     } else if let Some(name) = env {
         let v = std::env::var(&name).map_err(|_| {
-            ConfigError::at(format!("{field}_env"), format!("environment variable {name} is not set"))
+            ConfigError::at(
+                format!("{field}_env"),
+                format!("environment variable {name} is not set"),
+            )
         })?;
         (v, format!("env:{name}"))
     } else {
         let path = file.expect("one source is set");
         let v = std::fs::read_to_string(&path).map_err(|e| {
-            ConfigError::at(format!("{field}_file"), format!("cannot read {}: {e}", path.display()))
+            ConfigError::at(
+                format!("{field}_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
-        (v.trim_end_matches(['\r', '\n']).to_string(), format!("file:{}", path.display()))
+        (
+            v.trim_end_matches(['\r', '\n']).to_string(),
+            format!("file:{}", path.display()),
+        )
     };
     if value.trim().is_empty() {
-        return Err(ConfigError::at(field, format!("the secret from {source} is empty")));
+        return Err(ConfigError::at(
+            field,
+            format!("the secret from {source} is empty"),
+        ));
     }
     Ok((SecretString::from(value), source))
 }

@@ -88,7 +88,9 @@ struct RawToken {
 
 impl Default for RawToken {
     fn default() -> Self {
-        Self { refresh_ahead_secs: 300 }
+        Self {
+            refresh_ahead_secs: 300,
+        }
     }
 }
 
@@ -156,7 +158,8 @@ struct RawApiKey {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn valid_appid(s: &str) -> bool {
@@ -166,30 +169,52 @@ fn valid_appid(s: &str) -> bool {
 impl RawSettings {
     pub(crate) fn validate(self) -> Result<Settings, ConfigError> {
         let listen = self.server.listen.parse().map_err(|_| {
-            ConfigError::at("server.listen", format!("`{}` is not an IP:port", self.server.listen))
+            ConfigError::at(
+                "server.listen",
+                format!("`{}` is not an IP:port", self.server.listen),
+            )
         })?;
         if self.server.workers == 0 || self.server.workers > 256 {
-            return Err(ConfigError::at("server.workers", "must be between 1 and 256"));
+            return Err(ConfigError::at(
+                "server.workers",
+                "must be between 1 and 256",
+            ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
-            return Err(ConfigError::at("server.max_body_bytes", "must be between 1024 and 16777216"));
+            return Err(ConfigError::at(
+                "server.max_body_bytes",
+                "must be between 1024 and 16777216",
+            ));
         }
         if let Some(id) = &self.server.node_id {
             if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace()) {
-                return Err(ConfigError::at("server.node_id", "1 to 128 characters, no spaces"));
+                return Err(ConfigError::at(
+                    "server.node_id",
+                    "1 to 128 characters, no spaces",
+                ));
             }
         }
         let base = self.upstream.base_url.trim_end_matches('/');
-        if !(base.starts_with("https://") || base.starts_with("http://")) || base.contains(['?', '#'])
+        if !(base.starts_with("https://") || base.starts_with("http://"))
+            || base.contains(['?', '#'])
         {
             return Err(ConfigError::at(
                 "upstream.base_url",
-                format!("`{}` is not an http(s) URL without query", self.upstream.base_url),
+                format!(
+                    "`{}` is not an http(s) URL without query",
+                    self.upstream.base_url
+                ),
             ));
         }
         for (field, v) in [
-            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
-            ("upstream.request_timeout_ms", self.upstream.request_timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.request_timeout_ms",
+                self.upstream.request_timeout_ms,
+            ),
         ] {
             if !(1..=120_000).contains(&v) {
                 return Err(ConfigError::at(field, "must be between 1 and 120000"));
@@ -209,11 +234,17 @@ impl RawSettings {
             if !valid_appid(&app.appid) {
                 return Err(ConfigError::at(
                     at("appid"),
-                    format!("`{}` is not a WeChat appid (wx + 16 letters or digits)", app.appid),
+                    format!(
+                        "`{}` is not a WeChat appid (wx + 16 letters or digits)",
+                        app.appid
+                    ),
                 ));
             }
             if !appids.insert(app.appid.clone()) {
-                return Err(ConfigError::at(at("appid"), "another app has the same appid"));
+                return Err(ConfigError::at(
+                    at("appid"),
+                    "another app has the same appid",
+                ));
             }
             let (secret, secret_source) =
                 resolve_secret("secret", app.secret, app.secret_env, app.secret_file)
@@ -263,12 +294,19 @@ impl RawSettings {
                 }
                 AppScope::Only(k.apps)
             };
-            api_keys.push(ApiKey { name, key, apps: scope });
+            api_keys.push(ApiKey {
+                name,
+                key,
+                apps: scope,
+            });
         }
         {
             use secrecy::ExposeSecret;
             for (i, a) in api_keys.iter().enumerate() {
-                if api_keys[i + 1..].iter().any(|b| b.key.expose_secret() == a.key.expose_secret()) {
+                if api_keys[i + 1..]
+                    .iter()
+                    .any(|b| b.key.expose_secret() == a.key.expose_secret())
+                {
                     return Err(ConfigError::at(
                         format!("api_keys.{}", a.name),
                         "two API keys have the same value",
@@ -291,8 +329,12 @@ impl RawSettings {
                 request_timeout: Duration::from_millis(self.upstream.request_timeout_ms),
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
             },
-            store: StoreSettings { kind: self.store.kind },
-            token: TokenSettings { refresh_ahead: Duration::from_secs(self.token.refresh_ahead_secs) },
+            store: StoreSettings {
+                kind: self.store.kind,
+            },
+            token: TokenSettings {
+                refresh_ahead: Duration::from_secs(self.token.refresh_ahead_secs),
+            },
             apps,
             api_keys,
         })

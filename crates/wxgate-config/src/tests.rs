@@ -13,8 +13,13 @@ apps = ["shop"]
 
 #[track_caller]
 fn check_err(toml: &str, expected: &str) {
-    let err = Settings::from_toml_str(toml).expect_err("config should be refused").to_string();
-    assert!(err.contains(expected), "error `{err}` does not contain `{expected}`");
+    let err = Settings::from_toml_str(toml)
+        .expect_err("config should be refused")
+        .to_string();
+    assert!(
+        err.contains(expected),
+        "error `{err}` does not contain `{expected}`"
+    );
 }
 
 #[test]
@@ -56,26 +61,56 @@ fn secret_from_file_and_env() {
     assert!(s.apps["shop"].secret_source.starts_with("file:"));
 
     check_err(
-        &MINIMAL.replace(r#"secret = "s3cr3t-value""#, r#"secret_env = "WXGATE_TEST_NOT_SET_XYZ""#),
+        &MINIMAL.replace(
+            r#"secret = "s3cr3t-value""#,
+            r#"secret_env = "WXGATE_TEST_NOT_SET_XYZ""#,
+        ),
         "apps.shop.secret_env: environment variable WXGATE_TEST_NOT_SET_XYZ is not set",
     );
 }
 
 #[test]
 fn precise_errors() {
-    check_err(&MINIMAL.replace("wx0123456789abcdef", "wx123"), "apps.shop.appid: `wx123` is not");
-    check_err(&MINIMAL.replace("official_account", "blog"), "apps.shop.kind");
+    check_err(
+        &MINIMAL.replace("wx0123456789abcdef", "wx123"),
+        "apps.shop.appid: `wx123` is not",
+    );
+    check_err(
+        &MINIMAL.replace("official_account", "blog"),
+        "apps.shop.kind",
+    );
     check_err(
         &MINIMAL.replace(r#"secret = "s3cr3t-value""#, ""),
         "apps.shop.secret: set exactly one of",
     );
-    check_err(&MINIMAL.replace(r#"apps = ["shop"]"#, r#"apps = ["nope"]"#), "unknown app `nope`");
-    check_err(&MINIMAL.replace("orders-key-0123456789", "short"), "at least 16 characters");
-    check_err(&format!("{MINIMAL}\n[server]\nlisten = \"nowhere\""), "server.listen");
-    check_err(&format!("{MINIMAL}\n[server]\nlisnet = \"0.0.0.0:1\""), "server.lisnet: unknown field");
-    check_err(&format!("{MINIMAL}\n[upstream]\nbase_url = \"ftp://x\""), "upstream.base_url");
-    check_err(&format!("{MINIMAL}\n[server]\nworkers = 0"), "server.workers");
-    check_err(&format!("{MINIMAL}\n[store]\nkind = \"etcd\""), "store.kind");
+    check_err(
+        &MINIMAL.replace(r#"apps = ["shop"]"#, r#"apps = ["nope"]"#),
+        "unknown app `nope`",
+    );
+    check_err(
+        &MINIMAL.replace("orders-key-0123456789", "short"),
+        "at least 16 characters",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[server]\nlisten = \"nowhere\""),
+        "server.listen",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[server]\nlisnet = \"0.0.0.0:1\""),
+        "server.lisnet: unknown field",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[upstream]\nbase_url = \"ftp://x\""),
+        "upstream.base_url",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[server]\nworkers = 0"),
+        "server.workers",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[store]\nkind = \"etcd\""),
+        "store.kind",
+    );
 }
 
 #[test]
@@ -86,9 +121,15 @@ fn the_example_file_is_valid() {
     let secret = dir.join("mini");
     std::fs::write(&secret, "mini-secret").unwrap();
     let text = text
-        .replace("secret_env = \"SHOP_APPSECRET\"", "secret = \"x-shop-secret\"")
+        .replace(
+            "secret_env = \"SHOP_APPSECRET\"",
+            "secret = \"x-shop-secret\"",
+        )
         .replace("/run/secrets/mini-appsecret", &secret.display().to_string())
-        .replace("key_env = \"ORDERS_API_KEY\"", "key = \"orders-key-0123456789\"");
+        .replace(
+            "key_env = \"ORDERS_API_KEY\"",
+            "key = \"orders-key-0123456789\"",
+        );
     let s = Settings::from_toml_str(&text).unwrap();
     assert_eq!(s.apps.len(), 2);
     assert_eq!(s.apps["mini"].kind, AppKind::MiniProgram);

@@ -29,7 +29,10 @@ pub enum ErrorClass {
 impl ErrorClass {
     /// Whether the same request may succeed if the caller sends it again later.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::TokenRefresh | Self::Backoff | Self::RateLimited | Self::QuotaExhausted)
+        matches!(
+            self,
+            Self::TokenRefresh | Self::Backoff | Self::RateLimited | Self::QuotaExhausted
+        )
     }
 
     /// Stable lowercase name, used in logs and metrics labels.
@@ -69,15 +72,31 @@ pub struct ErrcodeInfo {
     pub meaning: &'static str,
 }
 
-const fn row(errcode: i64, class: ErrorClass, name: &'static str, meaning: &'static str) -> ErrcodeInfo {
-    ErrcodeInfo { errcode, class, token_endpoint_class: None, name, meaning }
+const fn row(
+    errcode: i64,
+    class: ErrorClass,
+    name: &'static str,
+    meaning: &'static str,
+) -> ErrcodeInfo {
+    ErrcodeInfo {
+        errcode,
+        class,
+        token_endpoint_class: None,
+        name,
+        meaning,
+    }
 }
 
 use ErrorClass::*;
 
 /// Every errcode wxgate knows, from `wechat-api.md` §5.
 pub const TABLE: &[ErrcodeInfo] = &[
-    row(-1, Backoff, "system_busy", "WeChat is busy; retry later (with the same client_msg_id)"),
+    row(
+        -1,
+        Backoff,
+        "system_busy",
+        "WeChat is busy; retry later (with the same client_msg_id)",
+    ),
     ErrcodeInfo {
         errcode: 40001,
         class: TokenRefresh,
@@ -86,13 +105,43 @@ pub const TABLE: &[ErrcodeInfo] = &[
         meaning: "access_token invalid or not latest (on the token endpoint: wrong AppSecret)",
     },
     row(40002, Caller, "invalid_grant_type", "invalid grant_type"),
-    row(40003, Caller, "invalid_openid", "openid empty or not of this app"),
-    row(40013, Config, "invalid_appid", "appid wrong or not matching the token"),
-    row(40014, TokenRefresh, "invalid_access_token", "malformed access_token or wrong account"),
-    row(40037, Config, "invalid_template_id", "template_id deleted, of another account, or of the wrong kind"),
+    row(
+        40003,
+        Caller,
+        "invalid_openid",
+        "openid empty or not of this app",
+    ),
+    row(
+        40013,
+        Config,
+        "invalid_appid",
+        "appid wrong or not matching the token",
+    ),
+    row(
+        40014,
+        TokenRefresh,
+        "invalid_access_token",
+        "malformed access_token or wrong account",
+    ),
+    row(
+        40037,
+        Config,
+        "invalid_template_id",
+        "template_id deleted, of another account, or of the wrong kind",
+    ),
     row(40125, Config, "invalid_appsecret", "AppSecret wrong"),
-    row(40164, Config, "ip_not_whitelisted", "egress IP not in the app's IP whitelist"),
-    row(40243, Config, "appsecret_frozen", "AppSecret frozen by the account admin"),
+    row(
+        40164,
+        Config,
+        "ip_not_whitelisted",
+        "egress IP not in the app's IP whitelist",
+    ),
+    row(
+        40243,
+        Config,
+        "appsecret_frozen",
+        "AppSecret frozen by the account admin",
+    ),
     ErrcodeInfo {
         errcode: 41001,
         class: TokenRefresh,
@@ -100,27 +149,112 @@ pub const TABLE: &[ErrcodeInfo] = &[
         name: "access_token_missing",
         meaning: "no access_token was sent",
     },
-    row(41002, Caller, "appid_missing", "appid missing from the token request"),
-    row(41004, Caller, "appsecret_missing", "secret missing from the token request"),
-    row(41030, Caller, "invalid_page", "page is not in the published mini program"),
-    row(42001, TokenRefresh, "access_token_expired", "access_token expired"),
+    row(
+        41002,
+        Caller,
+        "appid_missing",
+        "appid missing from the token request",
+    ),
+    row(
+        41004,
+        Caller,
+        "appsecret_missing",
+        "secret missing from the token request",
+    ),
+    row(
+        41030,
+        Caller,
+        "invalid_page",
+        "page is not in the published mini program",
+    ),
+    row(
+        42001,
+        TokenRefresh,
+        "access_token_expired",
+        "access_token expired",
+    ),
     row(43002, Caller, "require_post", "the endpoint requires POST"),
-    row(43004, Caller, "require_subscribe", "the user does not follow the Official Account"),
-    row(43101, Caller, "user_refused", "the user refused the message or has no subscription left"),
-    row(45009, QuotaExhausted, "daily_quota_reached", "the API's daily quota is exhausted until 00:00 Beijing time"),
-    row(45011, RateLimited, "minute_quota_reached", "the API's per-minute limit was reached; retry next minute"),
-    row(45015, Caller, "response_window_closed", "customer-service window closed or subscription canceled"),
-    row(45047, RateLimited, "response_count_limit", "customer-service reply count limit for this user"),
+    row(
+        43004,
+        Caller,
+        "require_subscribe",
+        "the user does not follow the Official Account",
+    ),
+    row(
+        43101,
+        Caller,
+        "user_refused",
+        "the user refused the message or has no subscription left",
+    ),
+    row(
+        45009,
+        QuotaExhausted,
+        "daily_quota_reached",
+        "the API's daily quota is exhausted until 00:00 Beijing time",
+    ),
+    row(
+        45011,
+        RateLimited,
+        "minute_quota_reached",
+        "the API's per-minute limit was reached; retry next minute",
+    ),
+    row(
+        45015,
+        Caller,
+        "response_window_closed",
+        "customer-service window closed or subscription canceled",
+    ),
+    row(
+        45047,
+        RateLimited,
+        "response_count_limit",
+        "customer-service reply count limit for this user",
+    ),
     row(45109, Config, "api_retired", "the API was retired"),
-    row(47001, Caller, "data_format_error", "the request body is not valid JSON for this API"),
-    row(47003, Caller, "argument_invalid", "a data field breaks its type or length rule"),
-    row(48001, Config, "api_unauthorized", "the account may not call this API (unverified, wrong kind, no privilege)"),
-    row(48004, Config, "api_forbidden", "the API is banned for this account"),
-    row(48006, Config, "clear_quota_limit", "clear_quota used up for this month"),
+    row(
+        47001,
+        Caller,
+        "data_format_error",
+        "the request body is not valid JSON for this API",
+    ),
+    row(
+        47003,
+        Caller,
+        "argument_invalid",
+        "a data field breaks its type or length rule",
+    ),
+    row(
+        48001,
+        Config,
+        "api_unauthorized",
+        "the account may not call this API (unverified, wrong kind, no privilege)",
+    ),
+    row(
+        48004,
+        Config,
+        "api_forbidden",
+        "the API is banned for this account",
+    ),
+    row(
+        48006,
+        Config,
+        "clear_quota_limit",
+        "clear_quota used up for this month",
+    ),
     row(50002, Config, "user_limited", "the account is restricted"),
     row(76021, Caller, "cgi_path_not_found", "cgi_path not found"),
-    row(76022, Caller, "cgi_path_no_permission", "cgi_path not allowed for this token"),
-    row(89503, Config, "ip_needs_confirmation", "the egress IP awaits the admin's confirmation; do not hammer"),
+    row(
+        76022,
+        Caller,
+        "cgi_path_no_permission",
+        "cgi_path not allowed for this token",
+    ),
+    row(
+        89503,
+        Config,
+        "ip_needs_confirmation",
+        "the egress IP awaits the admin's confirmation; do not hammer",
+    ),
 ];
 
 /// The table row of an errcode, if it is known.
@@ -145,8 +279,16 @@ mod tests {
 
     #[track_caller]
     fn check(errcode: i64, business: ErrorClass, token: ErrorClass) {
-        assert_eq!(classify(errcode, Endpoint::Business), business, "{errcode} on a business API");
-        assert_eq!(classify(errcode, Endpoint::Token), token, "{errcode} on a token endpoint");
+        assert_eq!(
+            classify(errcode, Endpoint::Business),
+            business,
+            "{errcode} on a business API"
+        );
+        assert_eq!(
+            classify(errcode, Endpoint::Token),
+            token,
+            "{errcode} on a token endpoint"
+        );
     }
 
     // One line per row of wechat-api.md §5, so a change to the table is a visible change here.
@@ -184,7 +326,11 @@ mod tests {
         check(76021, Caller, Caller);
         check(76022, Caller, Caller);
         check(89503, Config, Config);
-        assert_eq!(TABLE.len(), 32, "a row was added or removed: add its check above");
+        assert_eq!(
+            TABLE.len(),
+            32,
+            "a row was added or removed: add its check above"
+        );
     }
 
     #[test]
@@ -196,7 +342,11 @@ mod tests {
     #[test]
     fn codes_are_unique() {
         for (i, a) in TABLE.iter().enumerate() {
-            assert!(TABLE[i + 1..].iter().all(|b| b.errcode != a.errcode), "{} twice", a.errcode);
+            assert!(
+                TABLE[i + 1..].iter().all(|b| b.errcode != a.errcode),
+                "{} twice",
+                a.errcode
+            );
         }
     }
 

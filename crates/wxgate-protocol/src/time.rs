@@ -58,7 +58,10 @@ mod tests {
         assert_eq!(beijing_yyyymmdd(before), "20261126");
         assert_eq!(beijing_yyyymmdd(before + 1), "20261127");
         assert_eq!(next_beijing_midnight_ms(before), before + 1);
-        assert_eq!(next_beijing_midnight_ms(before + 1), before + 1 + 86_400_000);
+        assert_eq!(
+            next_beijing_midnight_ms(before + 1),
+            before + 1 + 86_400_000
+        );
     }
 
     #[test]

@@ -192,7 +192,11 @@ pub struct NewTemplate {
     /// 2 = one-time, 3 = long-term.
     #[serde(rename = "type", default)]
     pub kind: i32,
-    #[serde(rename = "keywordEnumValueList", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "keywordEnumValueList",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub keyword_enum_value_list: Vec<KeywordEnumValues>,
 }
 
@@ -237,7 +241,10 @@ mod tests {
             force_refresh: false,
         })
         .unwrap();
-        assert_eq!(body, r#"{"grant_type":"client_credential","appid":"wx1","secret":"s"}"#);
+        assert_eq!(
+            body,
+            r#"{"grant_type":"client_credential","appid":"wx1","secret":"s"}"#
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub fn authenticate<'a>(req: &HttpRequest, keys: &'a [ApiKey]) -> Result<Caller<
         .headers()
         .get(AUTHORIZATION)
         .ok_or_else(|| unauthenticated("missing `Authorization: Bearer <api key>` header"))?;
-    let value = header.to_str().map_err(|_| unauthenticated("malformed Authorization header"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| unauthenticated("malformed Authorization header"))?;
     let presented = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
@@ -39,7 +41,9 @@ pub fn authenticate<'a>(req: &HttpRequest, keys: &'a [ApiKey]) -> Result<Caller<
             found = Some(key);
         }
     }
-    found.map(|key| Caller { key }).ok_or_else(|| unauthenticated("unknown API key"))
+    found
+        .map(|key| Caller { key })
+        .ok_or_else(|| unauthenticated("unknown API key"))
 }
 
 impl Caller<'_> {
@@ -54,8 +58,12 @@ impl Caller<'_> {
 }
 
 pub fn app_not_found(app: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "app_not_found", format!("no app `{app}` for this API key"))
-        .field("app")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "app_not_found",
+        format!("no app `{app}` for this API key"),
+    )
+    .field("app")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -16,7 +16,11 @@ pub async fn read_json_body(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, ApiError> {
-    let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
@@ -61,6 +65,17 @@ pub async fn read_json_body(
 
 /// Decodes `bytes` as `T`, naming the field at fault on error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(
+        first,
+        Some(b'[') | Some(b'"') | Some(b't') | Some(b'f') | Some(b'n')
+    ) || first.is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+    {
+        return Err(ApiError::invalid_request(
+            Some("body".into()),
+            "the body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -82,15 +97,26 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::invalid_request(field, message)
     })?;
     // Trailing data after the object is malformed too.
-    de.end().map_err(|e| ApiError::invalid_request(None, format!("the body is not valid JSON: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::invalid_request(None, format!("the body is not valid JSON: {e}")))?;
     Ok(value)
 }
 
-/// serde reports missing and unknown fields at the path of the object that holds them; name the
-/// field itself (`data.thing1.value`, not `data.thing1`).
+/// serde reports missing and duplicate fields at the path of the object that holds them; name
+/// the field itself (`data.thing1.value`, not `data.thing1`).
 fn field_of(path: &str, msg: &str) -> String {
-    let join = |name: &str| if path == "." { name.to_string() } else { format!("{path}.{name}") };
-    for prefix in ["missing field `", "unknown field `", "duplicate field `"] {
+    let join = |name: &str| {
+        if path == "." {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    // serde_path_to_error already ends the path with an unknown field's name.
+    if msg.starts_with("unknown field `") {
+        return path.to_string();
+    }
+    for prefix in ["missing field `", "duplicate field `"] {
         if let Some(rest) = msg.strip_prefix(prefix) {
             if let Some(name) = rest.split('`').next() {
                 return join(name);
@@ -114,15 +140,31 @@ mod tests {
     fn check(body: &str, field: Option<&str>, msg_part: &str) {
         let e = decode::<TemplateMessage>(body.as_bytes()).unwrap_err();
         assert_eq!(e.field.as_deref(), field, "{}", e.message);
-        assert!(e.message.contains(msg_part), "`{}` lacks `{msg_part}`", e.message);
+        assert!(
+            e.message.contains(msg_part),
+            "`{}` lacks `{msg_part}`",
+            e.message
+        );
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
     fn fields_are_named() {
-        check(r#"{"template_id":"t","data":{}}"#, Some("touser"), "missing field");
-        check(r#"{"touser":"o","template_id":"t","data":{},"toUser":"x"}"#, Some("toUser"), "unknown");
-        check(r#"{"touser":5,"template_id":"t","data":{}}"#, Some("touser"), "invalid type");
+        check(
+            r#"{"template_id":"t","data":{}}"#,
+            Some("touser"),
+            "missing field",
+        );
+        check(
+            r#"{"touser":"o","template_id":"t","data":{},"toUser":"x"}"#,
+            Some("toUser"),
+            "unknown",
+        );
+        check(
+            r#"{"touser":5,"template_id":"t","data":{}}"#,
+            Some("touser"),
+            "invalid type",
+        );
         check(
             r#"{"touser":"o","template_id":"t","data":{"thing1":{"valu":"x"}}}"#,
             Some("data.thing1.valu"),
@@ -135,7 +177,12 @@ mod tests {
         );
         check(r#"{"touser":"o","#, None, "not valid JSON");
         check("", None, "empty");
-        check(r#"{"touser":"o","template_id":"t","data":{}} x"#, None, "not valid JSON");
-        check("[]", Some("body"), "invalid type");
+        check(
+            r#"{"touser":"o","template_id":"t","data":{}} x"#,
+            None,
+            "not valid JSON",
+        );
+        check("[]", Some("body"), "JSON object");
+        check("42", Some("body"), "JSON object");
     }
 }

@@ -82,7 +82,9 @@ impl ApiError {
 
     /// WeChat answered `errcode` to a send: map its class to status, code and retryability.
     pub fn from_wechat(errcode: i64, errmsg: &str, class: ErrorClass, now_ms: u64) -> Self {
-        let name = errcode::lookup(errcode).map(|r| r.name).unwrap_or("unknown");
+        let name = errcode::lookup(errcode)
+            .map(|r| r.name)
+            .unwrap_or("unknown");
         let message = format!("WeChat answered {errcode} ({name}): {errmsg}");
         let (status, code) = match class {
             ErrorClass::TokenRefresh => (StatusCode::BAD_GATEWAY, "upstream_token_rejected"),
@@ -97,11 +99,12 @@ impl ApiError {
         e.wechat_errcode = Some(errcode);
         e.retryable = class.retryable();
         e.retry_after = match class {
-            ErrorClass::RateLimited => {
-                Some(wxgate_protocol::time::next_minute_ms(now_ms).saturating_sub(now_ms) / 1000 + 1)
-            }
+            ErrorClass::RateLimited => Some(
+                wxgate_protocol::time::next_minute_ms(now_ms).saturating_sub(now_ms) / 1000 + 1,
+            ),
             ErrorClass::QuotaExhausted => Some(
-                wxgate_protocol::time::next_beijing_midnight_ms(now_ms).saturating_sub(now_ms) / 1000
+                wxgate_protocol::time::next_beijing_midnight_ms(now_ms).saturating_sub(now_ms)
+                    / 1000
                     + 1,
             ),
             ErrorClass::Backoff => Some(1),
@@ -141,7 +144,11 @@ mod tests {
     fn check(errcode: i64, status: u16, code: &str, retryable: bool) {
         let class = errcode::classify(errcode, errcode::Endpoint::Business);
         let e = ApiError::from_wechat(errcode, "msg", class, 1_000);
-        assert_eq!((e.status.as_u16(), e.code, e.retryable), (status, code, retryable), "{errcode}");
+        assert_eq!(
+            (e.status.as_u16(), e.code, e.retryable),
+            (status, code, retryable),
+            "{errcode}"
+        );
         assert_eq!(e.wechat_errcode, Some(errcode));
     }
 

@@ -31,7 +31,9 @@ impl RequestId {
 fn acceptable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 pub async fn middleware(
@@ -56,10 +58,15 @@ pub async fn middleware(
     let mut resp = next.call(req).instrument(span.clone()).await?;
     let status = resp.status().as_u16();
     span.in_scope(|| {
-        tracing::info!(status, latency_ms = started.elapsed().as_millis() as u64, "request done")
+        tracing::info!(
+            status,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request done"
+        )
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(HeaderName::from_static(HEADER), v);
+        resp.headers_mut()
+            .insert(HeaderName::from_static(HEADER), v);
     }
     Ok(resp)
 }

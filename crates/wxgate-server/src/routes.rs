@@ -30,13 +30,13 @@ fn respond(req: &HttpRequest, result: Result<HttpResponse, ApiError>) -> HttpRes
     result.unwrap_or_else(|e| e.to_response(&RequestId::of(req)))
 }
 
-fn resolve_app<'a>(
-    req: &HttpRequest,
-    state: &'a AppState,
-    app: &str,
-) -> Result<&'a App, ApiError> {
+fn resolve_app<'a>(req: &HttpRequest, state: &'a AppState, app: &str) -> Result<&'a App, ApiError> {
     let caller = auth::authenticate(req, &state.settings.api_keys)?;
-    let found = state.settings.apps.get(app).ok_or_else(|| auth::app_not_found(app))?;
+    let found = state
+        .settings
+        .apps
+        .get(app)
+        .ok_or_else(|| auth::app_not_found(app))?;
     caller.require_app(app)?;
     Ok(found)
 }
@@ -64,9 +64,14 @@ pub async fn send_template(
     let result = async {
         let app = resolve_app(&req, &state, &path)?;
         if app.kind != AppKind::OfficialAccount {
-            return Err(wrong_kind(app, "template messages", AppKind::OfficialAccount));
+            return Err(wrong_kind(
+                app,
+                "template messages",
+                AppKind::OfficialAccount,
+            ));
         }
-        let bytes = body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+        let bytes =
+            body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
         let msg = body::decode(&bytes)?;
         validate::template(&msg)?;
         deliver(&req, &state, app, Outgoing::Template(msg)).await
@@ -83,7 +88,8 @@ pub async fn send_subscribe(
 ) -> HttpResponse {
     let result = async {
         let app = resolve_app(&req, &state, &path)?;
-        let bytes = body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+        let bytes =
+            body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
         let msg = match app.kind {
             AppKind::MiniProgram => {
                 let m = body::decode(&bytes)?;
@@ -135,8 +141,12 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 }
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {}", req.path()))
-        .to_response(&RequestId::of(&req))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", req.path()),
+    )
+    .to_response(&RequestId::of(&req))
 }
 
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {

@@ -82,21 +82,39 @@ async fn attempt_with_token_retry(
     loop {
         attempts += 1;
         let token = state.tokens.get(app).await.map_err(token_error)?;
-        let answer = call(state, &token.value, msg).await.map_err(|e| transport_error(e, msg))?;
+        let answer = call(state, &token.value, msg)
+            .await
+            .map_err(|e| transport_error(e, msg))?;
         if answer.errcode == 0 {
-            return Ok(Sent { msgid: answer.msgid, attempts });
+            return Ok(Sent {
+                msgid: answer.msgid,
+                attempts,
+            });
         }
         let class = errcode::classify(answer.errcode, Endpoint::Business);
         if class == ErrorClass::TokenRefresh && attempts == 1 {
-            state.tokens.report_bad(app, &token.value).await.map_err(token_error)?;
+            state
+                .tokens
+                .report_bad(app, &token.value)
+                .await
+                .map_err(token_error)?;
             continue;
         }
         let now = state.clock.now_ms();
-        return Err(ApiError::from_wechat(answer.errcode, &answer.errmsg, class, now));
+        return Err(ApiError::from_wechat(
+            answer.errcode,
+            &answer.errmsg,
+            class,
+            now,
+        ));
     }
 }
 
-async fn call(state: &AppState, token: &str, msg: &Outgoing) -> Result<SendResponse, UpstreamError> {
+async fn call(
+    state: &AppState,
+    token: &str,
+    msg: &Outgoing,
+) -> Result<SendResponse, UpstreamError> {
     match msg {
         Outgoing::Template(m) => state.client.send_template(token, m).await,
         Outgoing::Subscribe(m) => state.client.send_subscribe(token, m).await,
@@ -138,17 +156,21 @@ fn transport_error(e: UpstreamError, msg: &Outgoing) -> ApiError {
 pub fn token_error(e: TokenError) -> ApiError {
     match e {
         TokenError::Upstream(u) => match u {
-            UpstreamError::NotSent(d) | UpstreamError::OutcomeUnknown(d) | UpstreamError::Setup(d) => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "token_unavailable",
-                    format!("no access_token: the token endpoint failed ({d}); nothing was sent"),
-                )
-                .retryable(true)
-                .retry_after(1)
-            }
+            UpstreamError::NotSent(d)
+            | UpstreamError::OutcomeUnknown(d)
+            | UpstreamError::Setup(d) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_unavailable",
+                format!("no access_token: the token endpoint failed ({d}); nothing was sent"),
+            )
+            .retryable(true)
+            .retry_after(1),
         },
-        TokenError::Wechat { errcode, errmsg, class } => {
+        TokenError::Wechat {
+            errcode,
+            errmsg,
+            class,
+        } => {
             let retryable = matches!(
                 class,
                 ErrorClass::Backoff | ErrorClass::RateLimited | ErrorClass::QuotaExhausted

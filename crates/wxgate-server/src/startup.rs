@@ -43,7 +43,10 @@ pub struct BuildOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -59,12 +62,16 @@ impl Application {
     pub fn build(settings: Settings, opts: BuildOptions) -> Result<Self, BuildError> {
         let listener = match opts.listener {
             Some(l) => l,
-            None => TcpListener::bind(settings.server.listen).map_err(|source| BuildError::Bind {
-                addr: settings.server.listen.to_string(),
-                source,
-            })?,
+            None => {
+                TcpListener::bind(settings.server.listen).map_err(|source| BuildError::Bind {
+                    addr: settings.server.listen.to_string(),
+                    source,
+                })?
+            }
         };
-        let addr = listener.local_addr().map_err(|e| BuildError::Setup(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| BuildError::Setup(e.to_string()))?;
         let clock: Arc<dyn Clock> = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let store: Arc<dyn Store> = match opts.store {
             Some(s) => s,
@@ -81,7 +88,10 @@ impl Application {
         })
         .map_err(|e| BuildError::Setup(e.to_string()))?;
         let node_id = settings.server.node_id.clone().unwrap_or_else(|| {
-            format!("wxgate-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+            format!(
+                "wxgate-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
         });
         let tokens = TokenManager::new(
             store.clone(),
@@ -127,9 +137,16 @@ impl Application {
         }
         let server = server
             .listen(listener)
-            .map_err(|source| BuildError::Bind { addr: addr.to_string(), source })?
+            .map_err(|source| BuildError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?
             .run();
-        Ok(Self { addr, server, node_id })
+        Ok(Self {
+            addr,
+            server,
+            node_id,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

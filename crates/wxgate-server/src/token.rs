@@ -36,7 +36,11 @@ pub enum TokenError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("the token endpoint answered {errcode} ({errmsg})")]
-    Wechat { errcode: i64, errmsg: String, class: ErrorClass },
+    Wechat {
+        errcode: i64,
+        errmsg: String,
+        class: ErrorClass,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -79,31 +83,60 @@ impl TokenManager {
             .map(|id| {
                 (
                     id.to_string(),
-                    AppTokens { cache: RwLock::new(None), refresh: tokio::sync::Mutex::new(()) },
+                    AppTokens {
+                        cache: RwLock::new(None),
+                        refresh: tokio::sync::Mutex::new(()),
+                    },
                 )
             })
             .collect();
-        Self { store, client, clock, node_id, refresh_ahead_ms, apps }
+        Self {
+            store,
+            client,
+            clock,
+            node_id,
+            refresh_ahead_ms,
+            apps,
+        }
     }
 
     fn slot(&self, appid: &str) -> &AppTokens {
-        self.apps.get(appid).expect("token slots exist for every configured app")
+        self.apps
+            .get(appid)
+            .expect("token slots exist for every configured app")
     }
 
     fn cached(&self, appid: &str, fresh_only: bool) -> Option<Token> {
         let now = self.clock.now_ms();
-        let guard = self.slot(appid).cache.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self
+            .slot(appid)
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         guard.as_ref().and_then(|c| {
-            let usable =
-                if fresh_only { now < c.refresh_at_ms } else { now < c.token.expires_at_ms };
+            let usable = if fresh_only {
+                now < c.refresh_at_ms
+            } else {
+                now < c.token.expires_at_ms
+            };
             usable.then(|| c.token.clone())
         })
     }
 
     fn remember(&self, appid: &str, t: &StoredToken) -> Token {
-        let token = Token { value: Arc::from(t.access_token.as_str()), expires_at_ms: t.expires_at_ms };
-        let cached = Cached { token: token.clone(), refresh_at_ms: refresh_at(t, self.refresh_ahead_ms) };
-        *self.slot(appid).cache.write().unwrap_or_else(|p| p.into_inner()) = Some(cached);
+        let token = Token {
+            value: Arc::from(t.access_token.as_str()),
+            expires_at_ms: t.expires_at_ms,
+        };
+        let cached = Cached {
+            token: token.clone(),
+            refresh_at_ms: refresh_at(t, self.refresh_ahead_ms),
+        };
+        *self
+            .slot(appid)
+            .cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(cached);
         token
     }
 
@@ -137,12 +170,14 @@ impl TokenManager {
     async fn fetch(&self, app: &App) -> Result<Token, TokenError> {
         let secret = app.secret.expose_secret();
         let (answer, source) = match app.token_mode {
-            TokenMode::Stable => {
-                (self.client.stable_token(&app.appid, secret, false).await?, TokenSource::Stable)
-            }
-            TokenMode::Classic => {
-                (self.client.classic_token(&app.appid, secret).await?, TokenSource::Classic)
-            }
+            TokenMode::Stable => (
+                self.client.stable_token(&app.appid, secret, false).await?,
+                TokenSource::Stable,
+            ),
+            TokenMode::Classic => (
+                self.client.classic_token(&app.appid, secret).await?,
+                TokenSource::Classic,
+            ),
         };
         match answer {
             Answered::Ok(t) => {
@@ -168,7 +203,11 @@ impl TokenManager {
             Answered::Err(e) => {
                 let class = errcode::classify(e.errcode, Endpoint::Token);
                 tracing::error!(app = %app.name, errcode = e.errcode, class = class.as_str(), errmsg = %e.errmsg, "token endpoint refused");
-                Err(TokenError::Wechat { errcode: e.errcode, errmsg: e.errmsg, class })
+                Err(TokenError::Wechat {
+                    errcode: e.errcode,
+                    errmsg: e.errmsg,
+                    class,
+                })
             }
         }
     }
@@ -176,7 +215,11 @@ impl TokenManager {
     /// WeChat rejected `bad`: forget it here and in the store, unless a newer one replaced it.
     pub async fn report_bad(&self, app: &App, bad: &str) -> Result<(), TokenError> {
         {
-            let mut guard = self.slot(&app.appid).cache.write().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self
+                .slot(&app.appid)
+                .cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             if guard.as_ref().is_some_and(|c| &*c.token.value == bad) {
                 *guard = None;
             }

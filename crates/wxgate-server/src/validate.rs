@@ -59,10 +59,16 @@ fn openid(field: &str, v: &str) -> Result<(), ApiError> {
 /// Non-empty, at most 128 characters, printable ASCII without spaces.
 fn ident(field: &str, v: &str) -> Result<(), ApiError> {
     if v.is_empty() {
-        return Err(ApiError::invalid_field(field, format!("`{field}` must not be empty")));
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` must not be empty"),
+        ));
     }
     if v.len() > MAX_ID {
-        return Err(ApiError::invalid_field(field, format!("`{field}` exceeds {MAX_ID} characters")));
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` exceeds {MAX_ID} characters"),
+        ));
     }
     if !v.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::invalid_field(
@@ -75,10 +81,16 @@ fn ident(field: &str, v: &str) -> Result<(), ApiError> {
 
 fn bounded_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
     if v.chars().count() > max {
-        return Err(ApiError::invalid_field(field, format!("`{field}` exceeds {max} characters")));
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` exceeds {max} characters"),
+        ));
     }
     if v.chars().any(char::is_control) {
-        return Err(ApiError::invalid_field(field, format!("`{field}` contains control characters")));
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` contains control characters"),
+        ));
     }
     Ok(())
 }
@@ -86,7 +98,10 @@ fn bounded_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 fn web_url(field: &str, v: &str) -> Result<(), ApiError> {
     bounded_text(field, v, MAX_URL)?;
     if !(v.starts_with("https://") || v.starts_with("http://")) || v.contains(char::is_whitespace) {
-        return Err(ApiError::invalid_field(field, format!("`{field}` must be an http(s) URL")));
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` must be an http(s) URL"),
+        ));
     }
     Ok(())
 }
@@ -107,7 +122,10 @@ fn miniprogram(mp: &MiniProgramLink) -> Result<(), ApiError> {
 
 fn data(d: &MessageData) -> Result<(), ApiError> {
     if d.is_empty() {
-        return Err(ApiError::invalid_field("data", "`data` must hold at least one field"));
+        return Err(ApiError::invalid_field(
+            "data",
+            "`data` must hold at least one field",
+        ));
     }
     if d.len() > MAX_DATA_FIELDS {
         return Err(ApiError::invalid_field(

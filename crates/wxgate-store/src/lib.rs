@@ -81,7 +81,9 @@ pub fn mask(secret: &str) -> String {
 pub enum TokenWrite {
     Written,
     /// Refused: the stored token was written under a newer fence.
-    StaleFence { stored_fence: u64 },
+    StaleFence {
+        stored_fence: u64,
+    },
 }
 
 /// Why a store operation failed. Callers fail closed on it (503), never open.
@@ -107,7 +109,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores `token` unless the stored one carries a newer fence (equal fences overwrite: the
     /// same leader refreshing again).
-    async fn write_token(&self, appid: &str, token: &StoredToken) -> Result<TokenWrite, StoreError>;
+    async fn write_token(&self, appid: &str, token: &StoredToken)
+        -> Result<TokenWrite, StoreError>;
 
     /// Deletes the stored token only if it equals `bad_token` (compare-and-delete), so a stale
     /// failure report never evicts a newer token. Returns whether it deleted.

@@ -33,7 +33,10 @@ impl MemoryStore {
     }
 
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { state: Mutex::new(State::default()), clock }
+        Self {
+            state: Mutex::new(State::default()),
+            clock,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -66,11 +69,17 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn write_token(&self, appid: &str, token: &StoredToken) -> Result<TokenWrite, StoreError> {
+    async fn write_token(
+        &self,
+        appid: &str,
+        token: &StoredToken,
+    ) -> Result<TokenWrite, StoreError> {
         let mut st = self.lock();
         if let Some(cur) = st.tokens.get(appid) {
             if cur.fence > token.fence {
-                return Ok(TokenWrite::StaleFence { stored_fence: cur.fence });
+                return Ok(TokenWrite::StaleFence {
+                    stored_fence: cur.fence,
+                });
             }
         }
         st.tokens.insert(appid.to_string(), token.clone());
@@ -79,7 +88,11 @@ impl Store for MemoryStore {
 
     async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError> {
         let mut st = self.lock();
-        if st.tokens.get(appid).is_some_and(|t| t.access_token == bad_token) {
+        if st
+            .tokens
+            .get(appid)
+            .is_some_and(|t| t.access_token == bad_token)
+        {
             st.tokens.remove(appid);
             return Ok(true);
         }
@@ -112,14 +125,26 @@ mod tests {
     async fn stale_fence_is_refused() {
         let s = MemoryStore::new();
         let far = u64::MAX / 2;
-        assert_eq!(s.write_token("wx1", &token("a", 2, far)).await.unwrap(), TokenWrite::Written);
+        assert_eq!(
+            s.write_token("wx1", &token("a", 2, far)).await.unwrap(),
+            TokenWrite::Written
+        );
         assert_eq!(
             s.write_token("wx1", &token("b", 1, far)).await.unwrap(),
             TokenWrite::StaleFence { stored_fence: 2 }
         );
-        assert_eq!(s.read_token("wx1").await.unwrap().unwrap().access_token, "a");
-        assert_eq!(s.write_token("wx1", &token("c", 2, far)).await.unwrap(), TokenWrite::Written);
-        assert_eq!(s.read_token("wx1").await.unwrap().unwrap().access_token, "c");
+        assert_eq!(
+            s.read_token("wx1").await.unwrap().unwrap().access_token,
+            "a"
+        );
+        assert_eq!(
+            s.write_token("wx1", &token("c", 2, far)).await.unwrap(),
+            TokenWrite::Written
+        );
+        assert_eq!(
+            s.read_token("wx1").await.unwrap().unwrap().access_token,
+            "c"
+        );
     }
 
     #[tokio::test]
@@ -138,7 +163,9 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let s = MemoryStore::with_clock(clock.clone());
         let now = clock.now_ms();
-        s.write_token("wx1", &token("a", 1, now + 1_000)).await.unwrap();
+        s.write_token("wx1", &token("a", 1, now + 1_000))
+            .await
+            .unwrap();
         assert!(s.read_token("wx1").await.unwrap().is_some());
         clock.advance_ms(1_000);
         assert!(s.read_token("wx1").await.unwrap().is_none());

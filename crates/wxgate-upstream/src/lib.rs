@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wxgate_protocol::wire::{
-    self, paths, BizsendMessage, ErrorResponse, NewTemplateList, PrivateTemplateList,
-    SendResponse, StableTokenRequest, SubscribeMessage, TemplateMessage, TokenResponse,
+    self, paths, BizsendMessage, ErrorResponse, NewTemplateList, PrivateTemplateList, SendResponse,
+    StableTokenRequest, SubscribeMessage, TemplateMessage, TokenResponse,
 };
 
 /// Settings of the upstream client.
@@ -86,7 +86,10 @@ impl WechatClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| UpstreamError::Setup(e.without_url().to_string()))?;
-        Ok(Self { http, base_url: config.base_url.trim_end_matches('/').to_string() })
+        Ok(Self {
+            http,
+            base_url: config.base_url.trim_end_matches('/').to_string(),
+        })
     }
 
     pub fn base_url(&self) -> &str {
@@ -120,7 +123,8 @@ impl WechatClient {
             secret: secret.into(),
             force_refresh,
         };
-        self.call(self.http.post(self.url(paths::STABLE_TOKEN)).json(&body)).await
+        self.call(self.http.post(self.url(paths::STABLE_TOKEN)).json(&body))
+            .await
     }
 
     /// `POST /cgi-bin/message/template/send`.
@@ -129,7 +133,8 @@ impl WechatClient {
         access_token: &str,
         msg: &TemplateMessage,
     ) -> Result<SendResponse, UpstreamError> {
-        self.post_with_token(paths::TEMPLATE_SEND, access_token, msg).await
+        self.post_with_token(paths::TEMPLATE_SEND, access_token, msg)
+            .await
     }
 
     /// `POST /cgi-bin/message/subscribe/send` (Mini Program).
@@ -138,7 +143,8 @@ impl WechatClient {
         access_token: &str,
         msg: &SubscribeMessage,
     ) -> Result<SendResponse, UpstreamError> {
-        self.post_with_token(paths::SUBSCRIBE_SEND, access_token, msg).await
+        self.post_with_token(paths::SUBSCRIBE_SEND, access_token, msg)
+            .await
     }
 
     /// `POST /cgi-bin/message/subscribe/bizsend` (Official Account).
@@ -147,7 +153,8 @@ impl WechatClient {
         access_token: &str,
         msg: &BizsendMessage,
     ) -> Result<SendResponse, UpstreamError> {
-        self.post_with_token(paths::SUBSCRIBE_BIZSEND, access_token, msg).await
+        self.post_with_token(paths::SUBSCRIBE_BIZSEND, access_token, msg)
+            .await
     }
 
     /// `GET /cgi-bin/template/get_all_private_template`.
@@ -184,8 +191,11 @@ impl WechatClient {
         access_token: &str,
         body: &B,
     ) -> Result<SendResponse, UpstreamError> {
-        let req =
-            self.http.post(self.url(path)).query(&[("access_token", access_token)]).json(body);
+        let req = self
+            .http
+            .post(self.url(path))
+            .query(&[("access_token", access_token)])
+            .json(body);
         let bytes = self.fetch(req).await?;
         serde_json::from_slice::<SendResponse>(&bytes)
             .map_err(|e| UpstreamError::OutcomeUnknown(format!("unreadable WeChat answer: {e}")))
@@ -215,7 +225,9 @@ impl WechatClient {
             UpstreamError::OutcomeUnknown(format!("reading the answer failed: {}", e.without_url()))
         })?;
         if !status.is_success() {
-            return Err(UpstreamError::OutcomeUnknown(format!("WeChat answered HTTP {status}")));
+            return Err(UpstreamError::OutcomeUnknown(format!(
+                "WeChat answered HTTP {status}"
+            )));
         }
         Ok(bytes.to_vec())
     }

@@ -1,0 +1,171 @@
+//! The `wxgate` binary. It only parses arguments, sets up logging, loads configuration and
+//! hands over to the library crates:
+//! - `wxgate serve --config FILE`: the gateway.
+//! - `wxgate dev`: the quick start: the gateway on 127.0.0.1:8080 with in-memory state and an
+//!   embedded fake WeChat holding demo apps, templates and a user; prints a ready `curl`.
+//! - `wxgate fake-wechat --listen ADDR [--config FILE]`: the fake WeChat alone.
+//! - `wxgate check-config FILE`: validates a configuration file; non-zero exit on error.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wxgate_config::Settings;
+use wxgate_fake_wechat::{demo, FakeConfig, FakeWechat};
+use wxgate_server::{Application, BuildOptions};
+
+mod dev;
+
+#[derive(Parser)]
+#[command(
+    name = "wxgate",
+    version,
+    about = "A WeChat template and subscribe message gateway"
+)]
+struct Cli {
+    /// Log format: json (default for serve) or text.
+    #[arg(long, global = true, value_enum, env = "WXGATE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML); WXGATE_* environment variables override it.
+        #[arg(long, short, env = "WXGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the gateway with in-memory state and an embedded fake WeChat (no account needed).
+    Dev {
+        /// Address of the gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the embedded fake WeChat (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        fake_listen: SocketAddr,
+    },
+    /// Run the fake WeChat alone (for tests, benchmarks and demos).
+    FakeWechat {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Fake WeChat configuration (TOML); default: the demo apps of `wxgate dev`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print what it configures (never the secrets).
+    CheckConfig { file: PathBuf },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WXGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => {
+            init_logging(cli.log_format.unwrap_or(LogFormat::Json));
+            serve(config).await
+        }
+        Command::Dev {
+            listen,
+            fake_listen,
+        } => {
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            dev::run(listen, fake_listen).await
+        }
+        Command::FakeWechat { listen, config } => {
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            fake_wechat(listen, config).await
+        }
+        Command::CheckConfig { file } => check_config(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> Result<(), String> {
+    let settings = Settings::load(config.as_deref()).map_err(|e| format!("configuration: {e}"))?;
+    let app = Application::build(
+        settings,
+        BuildOptions {
+            handle_signals: true,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    tracing::info!(addr = %app.local_addr(), node_id = app.node_id(), "wxgate listening");
+    app.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+async fn fake_wechat(listen: SocketAddr, config: Option<PathBuf>) -> Result<(), String> {
+    let cfg = match config {
+        Some(path) => FakeConfig::from_toml_file(&path).map_err(|e| e.to_string())?,
+        None => FakeConfig::demo(),
+    };
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let fake = FakeWechat::start(cfg, listener)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("fake WeChat listening on {}", fake.base_url());
+    println!("  calls it received: curl {}/_fake/calls", fake.base_url());
+    println!(
+        "  demo OA appid {} (secret {})",
+        demo::OA_APPID,
+        demo::OA_SECRET
+    );
+    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    fake.stop().await;
+    Ok(())
+}
+
+fn check_config(file: &std::path::Path) -> Result<(), String> {
+    let s = Settings::load(Some(file)).map_err(|e| format!("{}: {e}", file.display()))?;
+    println!("{}: OK", file.display());
+    println!(
+        "  listen {} ({} workers), upstream {}",
+        s.server.listen, s.server.workers, s.upstream.base_url
+    );
+    println!("  store {:?}", s.store.kind);
+    for app in s.apps.values() {
+        println!(
+            "  app {}: appid {}, {}, token {}, secret from {}",
+            app.name,
+            app.appid,
+            app.kind.as_str(),
+            app.token_mode.as_str(),
+            app.secret_source
+        );
+    }
+    for key in &s.api_keys {
+        println!("  api key {}: apps {:?}", key.name, key.apps);
+    }
+    Ok(())
+}

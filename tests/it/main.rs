@@ -1,0 +1,7 @@
+//! wxgate's end-to-end tests: one binary, one module per capability.
+
+mod malformed;
+mod quickstart;
+mod sends;
+mod tokens;
+mod wechat_errors;

@@ -1,0 +1,276 @@
+//! The newcomer's path and the binary's commands, as separate processes: `wxgate dev` and the
+//! `curl` it prints; `wxgate fake-wechat` + `wxgate serve --config`; `wxgate check-config`.
+//! These need the binary: `cargo build -p wxgate` first (the README's test command does it).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use wxgate_tests::*;
+
+/// Starts `wxgate ARGS` and collects its stdout lines until `until` matches one (or 30 s pass).
+fn start(args: &[&str], envs: &[(&str, &str)], until: &str) -> (ChildGuard, Vec<String>) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = ChildGuard(cmd.spawn().expect("spawn wxgate"));
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                let done = line.contains(until);
+                lines.push(line);
+                if done {
+                    return (child, lines);
+                }
+            }
+            Err(_) => panic!(
+                "wxgate {args:?} did not print `{until}`; it printed:\n{}",
+                lines.join("\n")
+            ),
+        }
+    }
+}
+
+/// The first `curl ...` command in `lines`, with its `\`-continued lines.
+fn first_curl(lines: &[String]) -> String {
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("curl "))
+        .expect("a curl command is printed");
+    let mut cmd = String::new();
+    for l in &lines[start..] {
+        cmd.push_str(l);
+        cmd.push('\n');
+        if !l.ends_with('\\') {
+            break;
+        }
+    }
+    cmd
+}
+
+async fn wait_ready(url: &str) {
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_curl_that_returns_a_msgid() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (_dev, lines) = start(&["dev", "--listen", &listen], &[], "Stop with Ctrl-C");
+    let curl = first_curl(&lines);
+    assert!(
+        curl.contains(&format!("http://{listen}/v1/apps/demo/messages/template")),
+        "{curl}"
+    );
+    wait_ready(&format!("http://{listen}")).await;
+
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&curl)
+        .output()
+        .expect("run the printed curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
+    assert_eq!(body["status"], "sent", "{body}");
+    let msgid: u64 = body["msgid"].as_str().unwrap().parse().unwrap();
+    assert!(msgid > 0);
+
+    // The fake WeChat embedded in dev mode recorded the send with the same msgid.
+    let fake_url = lines
+        .iter()
+        .find_map(|l| l.split("embedded fake WeChat ").nth(1))
+        .expect("the banner names the fake's URL")
+        .trim()
+        .to_string();
+    let calls: Vec<Value> = reqwest::get(format!("{fake_url}/_fake/calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sends: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["path"] == "/cgi-bin/message/template/send")
+        .collect();
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0]["msgid"].as_u64(), Some(msgid));
+}
+
+#[tokio::test]
+async fn serve_with_a_config_file_against_a_fake_wechat_process() {
+    let fake_port = free_port();
+    let fake_listen = format!("127.0.0.1:{fake_port}");
+    let (_fake, _) = start(
+        &["fake-wechat", "--listen", &fake_listen],
+        &[],
+        "listening on",
+    );
+
+    let dir = std::env::temp_dir().join(format!(
+        "wxgate-it-serve-{}-{fake_port}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("oa-secret");
+    std::fs::write(
+        &secret_file,
+        format!("{}\n", wxgate_fake_wechat::demo::OA_SECRET),
+    )
+    .unwrap();
+    let gw_port = free_port();
+    let config = dir.join("wxgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{gw_port}"
+workers = 1
+[upstream]
+base_url = "http://{fake_listen}"
+[apps.shop]
+appid = "{appid}"
+kind = "official_account"
+secret_file = "{secret}"
+[api_keys.orders]
+key_env = "IT_ORDERS_KEY"
+apps = ["shop"]
+"#,
+            appid = wxgate_fake_wechat::demo::OA_APPID,
+            secret = secret_file.display(),
+        ),
+    )
+    .unwrap();
+    let key = "orders-key-from-env-123";
+    let mut cmd = Command::new(binary());
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("IT_ORDERS_KEY", key);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut serve = ChildGuard(cmd.spawn().unwrap());
+    let url = format!("http://127.0.0.1:{gw_port}");
+    wait_ready(&url).await;
+
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/apps/shop/messages/template"))
+        .bearer_auth(key)
+        .json(&template_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "sent");
+
+    // The JSON logs carry the request id and never the secret or the token.
+    let _ = serve.0.kill();
+    let mut logs = String::new();
+    use std::io::Read;
+    serve
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains(body["request_id"].as_str().unwrap()),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(wxgate_fake_wechat::demo::OA_SECRET),
+        "{logs}"
+    );
+    assert!(!logs.contains(key), "{logs}");
+    let calls: Vec<Value> = reqwest::get(format!("http://{fake_listen}/_fake/calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for c in &calls {
+        if let Some(token) = c["access_token"].as_str() {
+            assert!(!logs.contains(token), "a token reached the logs");
+        }
+    }
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_the_field_at_fault() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/wxgate.example.toml");
+    let dir = std::env::temp_dir().join(format!("wxgate-it-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mini_secret = dir.join("mini");
+    std::fs::write(&mini_secret, "mini-secret-value").unwrap();
+    let text = std::fs::read_to_string(example).unwrap().replace(
+        "/run/secrets/mini-appsecret",
+        &mini_secret.display().to_string(),
+    );
+    let good = dir.join("good.toml");
+    std::fs::write(&good, &text).unwrap();
+    let out = Command::new(binary())
+        .args(["check-config"])
+        .arg(&good)
+        .env("SHOP_APPSECRET", "shop-secret-value")
+        .env("ORDERS_API_KEY", "orders-key-0123456789")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("app shop: appid wx0123456789abcdef"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("shop-secret-value") && !stdout.contains("orders-key-0123456789"));
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        text.replace("kind = \"mini_program\"", "kind = \"mini-program\""),
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check-config"])
+        .arg(&bad)
+        .env("SHOP_APPSECRET", "shop-secret-value")
+        .env("ORDERS_API_KEY", "orders-key-0123456789")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apps.mini.kind"), "{stderr}");
+}

@@ -1,0 +1,137 @@
+//! The three send APIs, end to end: the gateway answers, and the fake WeChat shows exactly what
+//! arrived.
+
+use wxgate_fake_wechat::demo;
+use wxgate_protocol::wire::paths;
+use wxgate_tests::*;
+
+#[tokio::test]
+async fn template_send_returns_wechat_msgid() {
+    let gw = spawn().await;
+    let mut body = template_body();
+    body["url"] = "https://example.com/orders/42".into();
+    body["client_msg_id"] = "order-42-shipped".into();
+    let r = gw.post("/v1/apps/oa/messages/template", &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "sent");
+    let msgid: u64 = r.body["msgid"]
+        .as_str()
+        .expect("msgid is a string")
+        .parse()
+        .unwrap();
+    assert!(msgid > 1 << 53, "64-bit msgid {msgid}");
+    let rid = r.header("x-request-id").expect("request id header");
+    assert_eq!(r.body["request_id"], rid);
+
+    let sends = gw.calls_to(paths::TEMPLATE_SEND);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].errcode, 0);
+    assert_eq!(sends[0].msgid, Some(msgid));
+    assert_eq!(sends[0].appid.as_deref(), Some(demo::OA_APPID));
+    assert_eq!(sends[0].touser.as_deref(), Some(demo::USER_OPENID));
+    assert_eq!(sends[0].client_msg_id.as_deref(), Some("order-42-shipped"));
+    assert_eq!(
+        gw.calls_to(paths::STABLE_TOKEN).len(),
+        1,
+        "stable_token is the default mode"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn mini_program_subscribe_send() {
+    let gw = spawn().await;
+    let r = gw
+        .post("/v1/apps/mini/messages/subscribe", &mini_subscribe_body())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "sent");
+    assert!(r.body.get("msgid").is_none(), "subscribe/send has no msgid");
+    let sends = gw.calls_to(paths::SUBSCRIBE_SEND);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(
+        (sends[0].errcode, sends[0].appid.as_deref()),
+        (0, Some(demo::MINI_APPID))
+    );
+    assert!(gw.calls_to(paths::SUBSCRIBE_BIZSEND).is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn official_account_subscribe_goes_to_bizsend() {
+    let gw = spawn().await;
+    let r = gw
+        .post("/v1/apps/oa/messages/subscribe", &oa_subscribe_body())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let sends = gw.calls_to(paths::SUBSCRIBE_BIZSEND);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(
+        (sends[0].errcode, sends[0].appid.as_deref()),
+        (0, Some(demo::OA_APPID))
+    );
+    assert!(gw.calls_to(paths::SUBSCRIBE_SEND).is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn caller_request_id_is_kept() {
+    let gw = spawn().await;
+    let resp = gw
+        .http
+        .post(format!("{}/v1/apps/oa/messages/template", gw.url))
+        .bearer_auth(API_KEY)
+        .header("x-request-id", "caller-trace-123")
+        .json(&template_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "caller-trace-123");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["request_id"], "caller-trace-123");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_first_sends_fetch_one_token() {
+    let gw = spawn().await;
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let http = gw.http.clone();
+        let url = format!("{}/v1/apps/oa/messages/template", gw.url);
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(API_KEY)
+                .json(&template_body())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 40);
+    assert_eq!(
+        gw.calls_to(paths::STABLE_TOKEN).len(),
+        1,
+        "the refresh is single-flight"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let gw = spawn().await;
+    let r = gw
+        .request(reqwest::Method::GET, "/healthz", None, None, "")
+        .await;
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("ok")));
+    let r = gw
+        .request(reqwest::Method::GET, "/readyz", None, None, "")
+        .await;
+    assert_eq!((r.status, r.body["store"].as_str()), (200, Some("memory")));
+    assert!(gw.calls().is_empty());
+    gw.stop().await;
+}

@@ -1,0 +1,151 @@
+//! The access_token in use: fetched once, refreshed ahead of expiry, and recovered with one
+//! refresh and one retry when WeChat rejects it. Time is moved by hand on both clocks (the
+//! gateway's and the fake's), never slept.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use wxgate_fake_wechat::{demo, FakeConfig};
+use wxgate_protocol::wire::paths;
+use wxgate_tests::*;
+
+fn short_lived(expires_in_secs: u64, rotate_before_secs: u64) -> FakeConfig {
+    let mut fake = FakeConfig::demo();
+    fake.expires_in_secs = expires_in_secs;
+    fake.stable_rotate_before_secs = rotate_before_secs;
+    fake
+}
+
+async fn send_ok(gw: &TestGateway) -> Resp {
+    let r = gw
+        .post("/v1/apps/oa/messages/template", &template_body())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r
+}
+
+#[tokio::test]
+async fn token_expiring_during_use_is_refreshed_and_the_send_retried() {
+    // The gateway keeps its token to the end (refresh_ahead 0) and the fake's clock passes the
+    // expiry: WeChat answers 42001, the gateway refreshes once and retries once.
+    let gw = spawn_with(Options {
+        fake: short_lived(60, 10),
+        refresh_ahead_secs: 0,
+        ..Default::default()
+    })
+    .await;
+    send_ok(&gw).await;
+    gw.fake_state().advance_clock(Duration::from_secs(61));
+    let r = send_ok(&gw).await;
+    assert_eq!(r.body["attempts"], 2);
+
+    let sends = gw.calls_to(paths::TEMPLATE_SEND);
+    assert_eq!(
+        sends.iter().map(|c| c.errcode).collect::<Vec<_>>(),
+        [0, 42001, 0]
+    );
+    let tokens = gw.calls_to(paths::STABLE_TOKEN);
+    assert_eq!(tokens.len(), 2, "one refresh");
+    assert_ne!(tokens[0].access_token, tokens[1].access_token);
+    assert_eq!(
+        sends[2].access_token, tokens[1].access_token,
+        "the retry used the new token"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn token_is_refreshed_ahead_of_expiry_over_several_lifetimes() {
+    // 60 s tokens; WeChat rotates in the last 30 s; the gateway refreshes 30 s ahead.
+    let gw = spawn_with(Options {
+        fake: short_lived(60, 30),
+        refresh_ahead_secs: 30,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        send_ok(&gw).await;
+    }
+    for _lifetime in 0..5 {
+        gw.fake_state().advance_clock(Duration::from_secs(40));
+        gw.clock.advance_ms(40_000);
+        for _ in 0..3 {
+            let r = send_ok(&gw).await;
+            assert_eq!(r.body["attempts"], 1, "no send waits for a rejected token");
+        }
+    }
+    let sends = gw.calls_to(paths::TEMPLATE_SEND);
+    assert_eq!(sends.len(), 18);
+    assert!(
+        sends.iter().all(|c| c.errcode == 0),
+        "no 40001/42001 reached the caller or WeChat"
+    );
+    let fetches = gw.calls_to(paths::STABLE_TOKEN);
+    assert_eq!(fetches.len(), 6, "one fetch per token lifetime");
+    let distinct: HashSet<_> = fetches.iter().map(|c| c.access_token.clone()).collect();
+    assert_eq!(distinct.len(), 6, "each refresh got a new token");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn token_invalidated_behind_the_gateways_back() {
+    let gw = spawn().await;
+    send_ok(&gw).await;
+    gw.fake_state().invalidate_tokens(demo::OA_APPID);
+    let r = send_ok(&gw).await;
+    assert_eq!(r.body["attempts"], 2);
+    send_ok(&gw).await;
+    let sends = gw.calls_to(paths::TEMPLATE_SEND);
+    assert_eq!(
+        sends.iter().map(|c| c.errcode).collect::<Vec<_>>(),
+        [0, 40001, 0, 0]
+    );
+    assert_eq!(
+        gw.calls_to(paths::STABLE_TOKEN).len(),
+        2,
+        "exactly one refresh"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn classic_mode_uses_cgi_bin_token_once() {
+    let gw = spawn_with(Options {
+        oa_token_mode: Some("classic"),
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..5 {
+        send_ok(&gw).await;
+    }
+    assert_eq!(gw.calls_to(paths::TOKEN).len(), 1);
+    assert!(gw.calls_to(paths::STABLE_TOKEN).is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_caller() {
+    let gw = spawn().await;
+    send_ok(&gw).await;
+    let token = gw.calls_to(paths::STABLE_TOKEN)[0]
+        .access_token
+        .clone()
+        .unwrap();
+    gw.fake_state().add_fault(wxgate_fake_wechat::Fault {
+        path: Some(paths::TEMPLATE_SEND.into()),
+        appid: None,
+        count: 2,
+        action: wxgate_fake_wechat::FaultAction::Errcode {
+            errcode: 40001,
+            errmsg: None,
+        },
+    });
+    let r = gw
+        .post("/v1/apps/oa/messages/template", &template_body())
+        .await;
+    assert_eq!(r.status, 502);
+    let text = r.body.to_string();
+    assert!(!text.contains(&token), "{text}");
+    assert!(!text.contains(demo::OA_SECRET), "{text}");
+    gw.stop().await;
+}
