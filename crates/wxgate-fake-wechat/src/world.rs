@@ -900,7 +900,7 @@ impl World {
         check_faults: bool,
         is_post: bool,
         token: Option<&str>,
-        body: &mut Result<SendBody, ()>,
+        body: &Result<SendBody, ()>,
         rec: &mut Rec,
     ) -> Outcome {
         let app = match self.check_token(token, now, rec) {
@@ -925,12 +925,9 @@ impl World {
         if !is_post {
             return fail(43002);
         }
-        let Ok(body) = body.as_mut() else {
+        let Ok(body) = body.as_ref() else {
             return fail(47001);
         };
-        rec.touser = body.touser.take();
-        rec.template_id = body.template_id.take();
-        rec.client_msg_id = body.client_msg_id.take().filter(|c| !c.is_empty());
         let dedup_window_ms = self.dedup_window_ms;
         let a = &mut self.apps[app];
         let counted = match api {
@@ -948,10 +945,11 @@ impl World {
         if let Err(code) = counted {
             return fail(code);
         }
-        let touser = rec.touser.as_deref().unwrap_or("");
+        let touser = body.touser.as_deref().unwrap_or("");
         // WeChat: one message per openid + client_msg_id within the window; a replay is
         // answered with the original msgid and sends nothing.
-        let dedup_key = match (&rec.client_msg_id, api) {
+        let cmid = body.client_msg_id.as_deref().filter(|c| !c.is_empty());
+        let dedup_key = match (cmid, api) {
             (Some(cmid), Api::TemplateSend) if !touser.is_empty() => {
                 while let Some((at, _)) = a.dedup_order.front() {
                     if at + dedup_window_ms > now {
@@ -977,7 +975,7 @@ impl World {
         if user.is_none() && !accept_any {
             return fail(40003);
         }
-        let template_id = rec.template_id.as_deref().unwrap_or("");
+        let template_id = body.template_id.as_deref().unwrap_or("");
         let wanted = if api == Api::TemplateSend {
             TemplateKind::Template
         } else {
