@@ -262,8 +262,9 @@ fn respond(answer: Answer) -> HttpResponse {
     HttpResponse::build(status).content_type(JSON).body(body)
 }
 
-/// A 200 whose body stream fails at once: actix aborts the connection, so the client sees a
-/// broken connection or an incomplete body, never a JSON answer.
+/// A response whose body stream fails at once: actix closes the connection before it has
+/// written anything, so the client sees an empty reply (`curl: Empty reply from server`,
+/// reqwest: an error from `send`), as when WeChat or a proxy drops a connection.
 fn dropped() -> HttpResponse {
     let stream = futures_util::stream::once(async {
         Err::<web::Bytes, io::Error>(io::Error::new(

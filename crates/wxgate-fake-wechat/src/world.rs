@@ -599,7 +599,7 @@ impl World {
             fault: latency_applied.then_some("latency"),
         };
         let check_faults = !latency_applied;
-        let outcome = match (req.api, &mut req.params) {
+        let outcome = match (req.api, &req.params) {
             (
                 Api::Token,
                 Params::Token {
@@ -660,6 +660,13 @@ impl World {
                 rec.errmsg = default_errmsg(40066);
             }
             Outcome::Answer(_) => {}
+        }
+        // The message fields are recorded whatever the answer (a faulted or refused send
+        // still shows whom it was for), moved rather than copied: the call is over.
+        if let Params::Send { body: Ok(body), .. } = &mut req.params {
+            rec.touser = body.touser.take();
+            rec.template_id = body.template_id.take();
+            rec.client_msg_id = body.client_msg_id.take();
         }
         self.push_record(rec);
         outcome
