@@ -192,8 +192,16 @@ apps = ["shop"]
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "sent");
 
+    // SIGTERM stops it gracefully (the log writer flushes); it exits 0.
+    let pid = serve.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = serve.0.wait().unwrap();
+    assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
     // The JSON logs carry the request id and never the secret or the token.
-    let _ = serve.0.kill();
     let mut logs = String::new();
     use std::io::Read;
     serve

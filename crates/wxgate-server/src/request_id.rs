@@ -57,12 +57,15 @@ pub async fn middleware(
     let started = Instant::now();
     let mut resp = next.call(req).instrument(span.clone()).await?;
     let status = resp.status().as_u16();
+    // A send logs its own info line (app, msgid or errcode); the access line is info only for
+    // refused requests, so a successful send costs one log line, not two.
+    let latency_ms = started.elapsed().as_millis() as u64;
     span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = started.elapsed().as_millis() as u64,
-            "request done"
-        )
+        if status >= 400 {
+            tracing::info!(status, latency_ms, "request done");
+        } else {
+            tracing::debug!(status, latency_ms, "request done");
+        }
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut()

@@ -85,18 +85,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => {
-            init_logging(cli.log_format.unwrap_or(LogFormat::Json));
+            let _logs = init_logging(cli.log_format.unwrap_or(LogFormat::Json));
             serve(config).await
         }
         Command::Dev {
             listen,
             fake_listen,
         } => {
-            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            let _logs = init_logging(cli.log_format.unwrap_or(LogFormat::Text));
             dev::run(listen, fake_listen).await
         }
         Command::FakeWechat { listen, config } => {
-            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            let _logs = init_logging(cli.log_format.unwrap_or(LogFormat::Text));
             fake_wechat(listen, config).await
         }
         Command::CheckConfig { file } => check_config(&file),
