@@ -85,18 +85,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => {
-            let _logs = init_logging(cli.log_format.unwrap_or(LogFormat::Json));
+            init_logging(cli.log_format.unwrap_or(LogFormat::Json));
             serve(config).await
         }
         Command::Dev {
             listen,
             fake_listen,
         } => {
-            let _logs = init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
             dev::run(listen, fake_listen).await
         }
         Command::FakeWechat { listen, config } => {
-            let _logs = init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
             fake_wechat(listen, config).await
         }
         Command::CheckConfig { file } => check_config(&file),
