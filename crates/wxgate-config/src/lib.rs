@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-pub use raw::{AppKind, StoreKind, TokenMode};
+pub use raw::{AppKind, OnUnavailable, RedisMode, StoreKind, TokenMode};
 use secrecy::SecretString;
 
 /// A configuration that cannot be used, with the field at fault.
@@ -68,6 +68,28 @@ pub struct UpstreamSettings {
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     pub kind: StoreKind,
+    /// Every Redis key starts with it: `<prefix>:{<appid>}:...`.
+    pub prefix: String,
+    pub on_unavailable: OnUnavailable,
+    /// How many replicas share the limits (for `on_unavailable = "local_share"`).
+    pub expected_replicas: u64,
+    /// Set when `kind = "redis"`.
+    pub redis: Option<RedisSettings>,
+}
+
+/// Where Redis is and how to log in. `Debug` never shows the passwords.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub mode: RedisMode,
+    pub url: Option<String>,
+    pub nodes: Vec<String>,
+    pub sentinels: Vec<String>,
+    pub master_name: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub sentinel_password: Option<SecretString>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +235,19 @@ fn resolve_secret(
         ));
     }
     Ok((SecretString::from(value), source))
+}
+
+/// Like [`resolve_secret`], but none of the three fields is also fine.
+fn resolve_optional_secret(
+    field: &str,
+    inline: Option<String>,
+    env: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<SecretString>, ConfigError> {
+    if inline.is_none() && env.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    resolve_secret(field, inline, env, file).map(|(s, _)| Some(s))
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    resolve_secret, ApiKey, App, AppScope, ConfigError, ServerSettings, Settings, StoreSettings,
-    TokenSettings, UpstreamSettings,
+    resolve_optional_secret, resolve_secret, ApiKey, App, AppScope, ConfigError, RedisSettings,
+    ServerSettings, Settings, StoreSettings, TokenSettings, UpstreamSettings,
 };
 
 #[derive(Debug, Deserialize, Default)]
@@ -72,12 +72,174 @@ pub enum StoreKind {
     /// In-process state: a single node only.
     #[default]
     Memory,
+    /// Redis (standalone, Sentinel or Cluster): any number of replicas.
+    Redis,
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// What sends do when the shared store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Refuse with 503 and `Retry-After` (default): never send what the cluster cannot count.
+    #[default]
+    FailClosed,
+    /// Admit from this node's share of each limit (limit ÷ `expected_replicas`).
+    LocalShare,
+}
+
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     kind: StoreKind,
+    prefix: String,
+    on_unavailable: OnUnavailable,
+    expected_replicas: u64,
+    redis: RawRedis,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            prefix: "wxgate".into(),
+            on_unavailable: OnUnavailable::FailClosed,
+            expected_replicas: 1,
+            redis: RawRedis::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRedis {
+    mode: RedisMode,
+    url: Option<String>,
+    nodes: Vec<String>,
+    sentinels: Vec<String>,
+    master_name: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    sentinel_password: Option<String>,
+    sentinel_password_env: Option<String>,
+    sentinel_password_file: Option<PathBuf>,
+    connect_timeout_ms: u64,
+    command_timeout_ms: u64,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            mode: RedisMode::Standalone,
+            url: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            username: None,
+            password: None,
+            password_env: None,
+            password_file: None,
+            sentinel_password: None,
+            sentinel_password_env: None,
+            sentinel_password_file: None,
+            connect_timeout_ms: 1_000,
+            command_timeout_ms: 1_000,
+        }
+    }
+}
+
+fn redis_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(ConfigError::at(
+            field,
+            "must be a redis:// or rediss:// URL",
+        ));
+    }
+    Ok(())
+}
+
+impl RawRedis {
+    fn validate(self) -> Result<RedisSettings, ConfigError> {
+        let at = |f: &str| format!("store.redis.{f}");
+        match self.mode {
+            RedisMode::Standalone => {
+                let url = self.url.as_deref().ok_or_else(|| {
+                    ConfigError::at(at("url"), "required when store.redis.mode = \"standalone\"")
+                })?;
+                redis_url(&at("url"), url)?;
+            }
+            RedisMode::Cluster => {
+                if self.nodes.is_empty() {
+                    return Err(ConfigError::at(at("nodes"), "list at least one seed node"));
+                }
+                for n in &self.nodes {
+                    redis_url(&at("nodes"), n)?;
+                }
+            }
+            RedisMode::Sentinel => {
+                if self.sentinels.is_empty() {
+                    return Err(ConfigError::at(
+                        at("sentinels"),
+                        "list at least one sentinel",
+                    ));
+                }
+                for n in &self.sentinels {
+                    redis_url(&at("sentinels"), n)?;
+                }
+                if self.master_name.as_deref().is_none_or(str::is_empty) {
+                    return Err(ConfigError::at(
+                        at("master_name"),
+                        "required with sentinels",
+                    ));
+                }
+            }
+        }
+        let password = resolve_optional_secret(
+            "password",
+            self.password,
+            self.password_env,
+            self.password_file,
+        )
+        .map_err(|e| ConfigError(format!("store.redis.{}", e.0)))?;
+        let sentinel_password = resolve_optional_secret(
+            "sentinel_password",
+            self.sentinel_password,
+            self.sentinel_password_env,
+            self.sentinel_password_file,
+        )
+        .map_err(|e| ConfigError(format!("store.redis.{}", e.0)))?;
+        for (f, v) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("command_timeout_ms", self.command_timeout_ms),
+        ] {
+            if !(1..=60_000).contains(&v) {
+                return Err(ConfigError::at(at(f), "must be between 1 and 60000"));
+            }
+        }
+        Ok(RedisSettings {
+            mode: self.mode,
+            url: self.url,
+            nodes: self.nodes,
+            sentinels: self.sentinels,
+            master_name: self.master_name,
+            username: self.username,
+            password,
+            sentinel_password,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            command_timeout: Duration::from_millis(self.command_timeout_ms),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +477,36 @@ impl RawSettings {
             }
         }
 
+        let st = self.store;
+        if !(1..=64).contains(&st.prefix.len())
+            || !st
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
+        {
+            return Err(ConfigError::at(
+                "store.prefix",
+                "1-64 characters of a-z, A-Z, 0-9, '-', '_', ':', '.' (no braces)",
+            ));
+        }
+        if st.expected_replicas == 0 {
+            return Err(ConfigError::at(
+                "store.expected_replicas",
+                "must be at least 1",
+            ));
+        }
+        let redis = match st.kind {
+            StoreKind::Redis => Some(st.redis.validate()?),
+            StoreKind::Memory => None,
+        };
+        let store = StoreSettings {
+            kind: st.kind,
+            prefix: st.prefix,
+            on_unavailable: st.on_unavailable,
+            expected_replicas: st.expected_replicas,
+            redis,
+        };
+
         Ok(Settings {
             server: ServerSettings {
                 listen,
@@ -329,9 +521,7 @@ impl RawSettings {
                 request_timeout: Duration::from_millis(self.upstream.request_timeout_ms),
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
             },
-            store: StoreSettings {
-                kind: self.store.kind,
-            },
+            store,
             token: TokenSettings {
                 refresh_ahead: Duration::from_secs(self.token.refresh_ahead_secs),
             },

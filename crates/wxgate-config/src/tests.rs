@@ -134,3 +134,36 @@ fn the_example_file_is_valid() {
     assert_eq!(s.apps.len(), 2);
     assert_eq!(s.apps["mini"].kind, AppKind::MiniProgram);
 }
+
+#[test]
+fn redis_store_settings() {
+    let s = Settings::from_toml_str(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nprefix = \"wxg\"\n[store.redis]\nmode = \"sentinel\"\nsentinels = [\"redis://10.0.0.1:26379\"]\nmaster_name = \"mymaster\"\npassword = \"redis-pass-xyz\""
+    ))
+    .unwrap();
+    let r = s.store.redis.as_ref().unwrap();
+    assert_eq!(r.mode, RedisMode::Sentinel);
+    assert_eq!(s.store.prefix, "wxg");
+    assert!(!format!("{s:?}").contains("redis-pass-xyz"));
+
+    check_err(
+        &format!("{MINIMAL}\n[store]\nkind = \"redis\""),
+        "store.redis.url: required",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[store]\nkind = \"redis\"\n[store.redis]\nmode = \"cluster\""),
+        "store.redis.nodes",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[store]\nkind = \"redis\"\n[store.redis]\nmode = \"sentinel\"\nsentinels = [\"redis://h:26379\"]"),
+        "store.redis.master_name",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[store]\nkind = \"redis\"\n[store.redis]\nurl = \"http://h\""),
+        "store.redis.url: must be a redis://",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[store]\nprefix = \"a{{b}}\""),
+        "store.prefix",
+    );
+}

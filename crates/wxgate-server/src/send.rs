@@ -14,6 +14,7 @@ use actix_web::http::StatusCode;
 use wxgate_config::App;
 use wxgate_protocol::errcode::{self, Endpoint, ErrorClass};
 use wxgate_protocol::wire::{BizsendMessage, SendResponse, SubscribeMessage, TemplateMessage};
+use wxgate_store::{Acquire, AcquireRequest};
 use wxgate_upstream::UpstreamError;
 
 use crate::error::ApiError;
@@ -81,6 +82,7 @@ async fn attempt_with_token_retry(
     let mut attempts = 0;
     loop {
         attempts += 1;
+        permit(state, app, msg, attempts).await?;
         let token = state.tokens.get(app).await.map_err(token_error)?;
         let answer = call(state, &token.value, msg)
             .await
@@ -101,12 +103,112 @@ async fn attempt_with_token_retry(
             continue;
         }
         let now = state.clock.now_ms();
+        if matches!(class, ErrorClass::RateLimited | ErrorClass::QuotaExhausted) {
+            shared_block(state, app, msg, answer.errcode, class).await;
+        }
         return Err(ApiError::from_wechat(
             answer.errcode,
             &answer.errmsg,
             class,
             now,
         ));
+    }
+}
+
+/// Every upstream attempt first takes a permit from the shared store: one Lua script that
+/// checks the app's blocks for this API (set after WeChat answered 45009/45011) — and, once
+/// limits are configured, every window and quota. A store that cannot be reached fails the
+/// send closed (503), unless the configured policy grants a local share.
+async fn permit(state: &AppState, app: &App, msg: &Outgoing, attempt: u32) -> Result<(), ApiError> {
+    let permit_id = format!("{}#{attempt}", uuid::Uuid::new_v4());
+    let blocks = [msg.api()];
+    let req = AcquireRequest {
+        appid: &app.appid,
+        limits: &[],
+        quotas: &[],
+        blocks: &blocks,
+        guard_ms: 0,
+        permit_id: &permit_id,
+    };
+    match state.store.acquire(&req).await {
+        Ok(Acquire::Granted { .. }) => Ok(()),
+        Ok(Acquire::Wait { wait_ms, limit }) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "the `{limit}` limit is full; a permit frees up in {wait_ms} ms; nothing was sent"
+            ),
+        )
+        .retryable(true)
+        .retry_after(wait_ms.div_ceil(1000))),
+        Ok(Acquire::Blocked { until_ms, reason }) => {
+            let now = state
+                .store
+                .now_ms()
+                .await
+                .unwrap_or_else(|_| state.clock.now_ms());
+            let secs = until_ms.saturating_sub(now).div_ceil(1000);
+            let daily = reason.contains("45009") || reason.contains("quota");
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                if daily {
+                    "quota_exhausted"
+                } else {
+                    "rate_limited"
+                },
+                format!(
+                    "sending {} for app `{}` is paused for {secs} s ({reason}); nothing was sent",
+                    msg.api(),
+                    app.name
+                ),
+            )
+            .retryable(true)
+            .retry_after(secs))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("{e}; nothing was sent"),
+        )
+        .retryable(true)
+        .retry_after(1)),
+    }
+}
+
+/// WeChat said this API is over its minute or daily limit: tell every node, through the store,
+/// to stop sending it for this app until the window resets (next minute, or 00:00 Beijing time).
+async fn shared_block(
+    state: &AppState,
+    app: &App,
+    msg: &Outgoing,
+    errcode: i64,
+    class: ErrorClass,
+) {
+    let now = match state.store.now_ms().await {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set the shared block: store unavailable");
+            return;
+        }
+    };
+    let until = match class {
+        ErrorClass::QuotaExhausted => wxgate_protocol::time::next_beijing_midnight_ms(now),
+        _ => wxgate_protocol::time::next_minute_ms(now),
+    };
+    let reason = format!("WeChat answered {errcode}");
+    match state
+        .store
+        .block(&app.appid, msg.api(), until, &reason)
+        .await
+    {
+        Ok(()) => tracing::warn!(
+            app = %app.name,
+            api = msg.api(),
+            errcode,
+            until_ms = until,
+            "every node stops sending this API until the window resets"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot set the shared block"),
     }
 }
 

@@ -7,9 +7,12 @@ use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App as ActixApp, HttpServer};
-use wxgate_config::{Settings, StoreKind};
+use secrecy::ExposeSecret;
+use wxgate_config::{OnUnavailable, RedisMode, Settings, StoreKind};
 use wxgate_store::clock::{Clock, SystemClock};
+use wxgate_store::fallback::{self, FallbackStore};
 use wxgate_store::memory::MemoryStore;
+use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
 use wxgate_store::Store;
 use wxgate_upstream::{UpstreamConfig, WechatClient};
 
@@ -75,9 +78,7 @@ impl Application {
         let clock: Arc<dyn Clock> = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let store: Arc<dyn Store> = match opts.store {
             Some(s) => s,
-            None => match settings.store.kind {
-                StoreKind::Memory => Arc::new(MemoryStore::with_clock(clock.clone())),
-            },
+            None => build_store(&settings, clock.clone())?,
         };
         let client = WechatClient::new(&UpstreamConfig {
             base_url: settings.upstream.base_url.clone(),
@@ -168,5 +169,52 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// The configured store. Redis is wrapped in the `on_unavailable` policy for `acquire`.
+fn build_store(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, BuildError> {
+    let st = &settings.store;
+    match st.kind {
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::with_clock(clock))),
+        StoreKind::Redis => {
+            let r = st
+                .redis
+                .as_ref()
+                .ok_or_else(|| BuildError::Setup("store.redis is missing".into()))?;
+            let topology = match r.mode {
+                RedisMode::Standalone => Topology::Standalone {
+                    url: r.url.clone().unwrap_or_default(),
+                },
+                RedisMode::Sentinel => Topology::Sentinel {
+                    sentinels: r.sentinels.clone(),
+                    master_name: r.master_name.clone().unwrap_or_default(),
+                },
+                RedisMode::Cluster => Topology::Cluster {
+                    nodes: r.nodes.clone(),
+                },
+            };
+            let redis = RedisStore::new(RedisConfig {
+                topology,
+                prefix: st.prefix.clone(),
+                username: r.username.clone(),
+                password: r.password.as_ref().map(|p| p.expose_secret().to_string()),
+                sentinel_password: r
+                    .sentinel_password
+                    .as_ref()
+                    .or(r.password.as_ref())
+                    .map(|p| p.expose_secret().to_string()),
+                connect_timeout: r.connect_timeout,
+                command_timeout: r.command_timeout,
+            })
+            .map_err(|e| BuildError::Setup(e.to_string()))?;
+            let policy = match st.on_unavailable {
+                OnUnavailable::FailClosed => fallback::OnUnavailable::FailClosed,
+                OnUnavailable::LocalShare => fallback::OnUnavailable::LocalShare {
+                    expected_replicas: st.expected_replicas,
+                },
+            };
+            Ok(Arc::new(FallbackStore::new(Arc::new(redis), policy)))
+        }
     }
 }

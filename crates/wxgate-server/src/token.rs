@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use wxgate_config::{App, TokenMode};
 use wxgate_protocol::errcode::{self, Endpoint, ErrorClass};
 use wxgate_store::clock::Clock;
-use wxgate_store::{Store, StoreError, StoredToken, TokenSource};
+use wxgate_store::{NewToken, Store, StoreError, StoredToken, TokenSource, TokenWrite};
 use wxgate_upstream::{Answered, UpstreamError, WechatClient};
 
 /// A token ready to use.
@@ -181,16 +181,28 @@ impl TokenManager {
         };
         match answer {
             Answered::Ok(t) => {
-                let now = self.clock.now_ms();
-                let stored = StoredToken {
+                let new = NewToken {
                     access_token: t.access_token,
-                    expires_at_ms: now + t.expires_in * 1000,
+                    expires_in_ms: t.expires_in * 1000,
                     fence: 0,
                     node: self.node_id.clone(),
-                    fetched_at_ms: now,
                     source,
                 };
-                self.store.write_token(&app.appid, &stored).await?;
+                let stored = match self.store.write_token(&app.appid, &new).await? {
+                    TokenWrite::Written(stored) => stored,
+                    TokenWrite::StaleFence { stored_fence } => {
+                        // A newer leader stored a token meanwhile: use that one.
+                        tracing::warn!(app = %app.name, stored_fence, "token write refused: a newer fence holds the token");
+                        match self.store.read_token(&app.appid).await? {
+                            Some(stored) => stored,
+                            None => {
+                                return Err(TokenError::Store(StoreError::Protocol(
+                                    "token write refused and no token stored".into(),
+                                )))
+                            }
+                        }
+                    }
+                };
                 tracing::info!(
                     app = %app.name,
                     mode = source.as_str(),

@@ -1,0 +1,102 @@
+//! The Redis key schema — a contract with operators, documented in the README's "Redis keys".
+//!
+//! Every key of an app carries the appid as its hash tag (`<prefix>:{<appid>}:...`), so every
+//! script touches a single Redis Cluster slot. Only the appid stands in braces.
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// Why a prefix cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "key prefix `{0}` must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', ':', '.' (no braces)"
+)]
+pub struct BadPrefix(pub String);
+
+impl Keys {
+    pub fn new(prefix: &str) -> Result<Self, BadPrefix> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 64
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'));
+        if ok {
+            Ok(Self {
+                prefix: prefix.to_string(),
+            })
+        } else {
+            Err(BadPrefix(prefix.to_string()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn app(&self, appid: &str, rest: &str) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, appid, rest)
+    }
+
+    /// Hash: `access_token`, `expires_at_ms`, `fence`, `node`, `fetched_at_ms`, `source`.
+    pub fn token(&self, appid: &str) -> String {
+        self.app(appid, "token")
+    }
+
+    /// String: the node id of the refresh leader, with the lease as its TTL.
+    pub fn leader(&self, appid: &str) -> String {
+        self.app(appid, "leader")
+    }
+
+    /// String (counter): incremented on each new leadership.
+    pub fn fence(&self, appid: &str) -> String {
+        self.app(appid, "fence")
+    }
+
+    /// Sorted set: one member per permit, scored by its grant time in µs (Redis clock).
+    pub fn window(&self, appid: &str, name: &str, window_ms: u64) -> String {
+        self.app(appid, &format!("rl:{name}:{window_ms}"))
+    }
+
+    /// Hash: `day` (YYYYMMDD, Beijing), `used`.
+    pub fn quota(&self, appid: &str, name: &str) -> String {
+        self.app(appid, &format!("quota:{name}"))
+    }
+
+    /// String: why sending `api` is blocked; expires when the block ends.
+    pub fn block(&self, appid: &str, api: &str) -> String {
+        self.app(appid, &format!("block:{api}"))
+    }
+
+    /// Hash: `state` (`in_progress` | `done`), `request_id`, `result`.
+    pub fn idempotency(&self, appid: &str, key: &str) -> String {
+        self.app(appid, &format!("idem:{key}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema() {
+        let k = Keys::new("wxgate").unwrap();
+        assert_eq!(
+            k.token("wx1234567890abcdef"),
+            "wxgate:{wx1234567890abcdef}:token"
+        );
+        assert_eq!(
+            k.window("wx1", "template_send", 60_000),
+            "wxgate:{wx1}:rl:template_send:60000"
+        );
+        assert_eq!(
+            k.quota("wx1", "template_send"),
+            "wxgate:{wx1}:quota:template_send"
+        );
+        assert_eq!(k.idempotency("wx1", "order-1"), "wxgate:{wx1}:idem:order-1");
+        assert!(Keys::new("a{b}").is_err());
+        assert!(Keys::new("").is_err());
+    }
+}

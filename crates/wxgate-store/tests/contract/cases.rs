@@ -1,0 +1,573 @@
+//! The contract cases, each a function of a store; the backends below run them all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wxgate_redis_testkit::{require_redis, RedisCluster, RedisSentinel, RedisServer};
+use wxgate_store::memory::MemoryStore;
+use wxgate_store::redis_store::Topology;
+use wxgate_store::{
+    Acquire, AcquireRequest, DailyQuota, IdemClaim, Limit, NewToken, Store, TokenSource, TokenWrite,
+};
+
+use crate::{prefix, redis_store};
+
+fn new_token(value: &str, fence: u64, node: &str) -> NewToken {
+    NewToken {
+        access_token: value.into(),
+        expires_in_ms: 7_200_000,
+        fence,
+        node: node.into(),
+        source: TokenSource::Stable,
+    }
+}
+
+fn limit(name: &str, limit: u64, window_ms: u64) -> Limit {
+    Limit {
+        name: name.into(),
+        limit,
+        window_ms,
+    }
+}
+
+async fn acquire(
+    s: &dyn Store,
+    appid: &str,
+    limits: &[Limit],
+    quotas: &[DailyQuota],
+    blocks: &[&str],
+) -> Acquire {
+    let id = uuid::Uuid::new_v4().to_string();
+    s.acquire(&AcquireRequest {
+        appid,
+        limits,
+        quotas,
+        blocks,
+        guard_ms: 0,
+        permit_id: &id,
+    })
+    .await
+    .expect("acquire")
+}
+
+async fn token_roundtrip(s: &dyn Store, app: &str) {
+    assert!(s.read_token(app).await.unwrap().is_none());
+    let before = s.now_ms().await.unwrap();
+    let TokenWrite::Written(w) = s
+        .write_token(app, &new_token("tok-1", 0, "n1"))
+        .await
+        .unwrap()
+    else {
+        panic!("first write refused")
+    };
+    assert!(w.fetched_at_ms >= before && w.expires_at_ms == w.fetched_at_ms + 7_200_000);
+    let r = s.read_token(app).await.unwrap().expect("stored");
+    assert_eq!(r, w);
+    assert_eq!(
+        (r.access_token.as_str(), r.node.as_str(), r.source),
+        ("tok-1", "n1", TokenSource::Stable)
+    );
+}
+
+async fn stale_fence_is_refused(s: &dyn Store, app: &str) {
+    let f1 = s
+        .acquire_lease(app, "node-a", 10_000)
+        .await
+        .unwrap()
+        .expect("a leads");
+    assert!(matches!(
+        s.write_token(app, &new_token("from-a", f1, "node-a"))
+            .await
+            .unwrap(),
+        TokenWrite::Written(_)
+    ));
+    assert!(s.release_lease(app, "node-a").await.unwrap());
+    let f2 = s
+        .acquire_lease(app, "node-b", 10_000)
+        .await
+        .unwrap()
+        .expect("b leads");
+    assert!(f2 > f1, "a new leadership increments the fence");
+    // a, no longer leader, tries to write: refused even before b wrote anything.
+    assert_eq!(
+        s.write_token(app, &new_token("stale-a", f1, "node-a"))
+            .await
+            .unwrap(),
+        TokenWrite::StaleFence { stored_fence: f2 }
+    );
+    assert_eq!(
+        s.read_token(app).await.unwrap().unwrap().access_token,
+        "from-a"
+    );
+    assert!(matches!(
+        s.write_token(app, &new_token("from-b", f2, "node-b"))
+            .await
+            .unwrap(),
+        TokenWrite::Written(_)
+    ));
+    assert_eq!(
+        s.write_token(app, &new_token("stale-a-again", f1, "node-a"))
+            .await
+            .unwrap(),
+        TokenWrite::StaleFence { stored_fence: f2 }
+    );
+    assert_eq!(
+        s.read_token(app).await.unwrap().unwrap().access_token,
+        "from-b"
+    );
+}
+
+async fn invalidate_if_equal(s: &dyn Store, app: &str) {
+    s.write_token(app, &new_token("newer", 0, "n1"))
+        .await
+        .unwrap();
+    assert!(
+        !s.invalidate_token(app, "older").await.unwrap(),
+        "a stale report"
+    );
+    assert_eq!(
+        s.read_token(app).await.unwrap().unwrap().access_token,
+        "newer"
+    );
+    assert!(s.invalidate_token(app, "newer").await.unwrap());
+    assert!(s.read_token(app).await.unwrap().is_none());
+    assert!(
+        !s.invalidate_token(app, "newer").await.unwrap(),
+        "already gone"
+    );
+}
+
+async fn lease(s: &dyn Store, app: &str) {
+    let f = s
+        .acquire_lease(app, "a", 10_000)
+        .await
+        .unwrap()
+        .expect("a leads");
+    assert_eq!(
+        s.acquire_lease(app, "a", 10_000).await.unwrap(),
+        Some(f),
+        "re-acquire keeps the fence"
+    );
+    assert_eq!(s.acquire_lease(app, "b", 10_000).await.unwrap(), None);
+    assert!(
+        !s.renew_lease(app, "b", 10_000).await.unwrap(),
+        "a non-holder cannot renew"
+    );
+    assert!(
+        !s.release_lease(app, "b",).await.unwrap(),
+        "a non-holder cannot release"
+    );
+    assert_eq!(s.lease_holder(app).await.unwrap().as_deref(), Some("a"));
+    assert!(s.renew_lease(app, "a", 10_000).await.unwrap());
+    assert!(s.release_lease(app, "a").await.unwrap());
+    assert_eq!(s.lease_holder(app).await.unwrap(), None);
+    assert_eq!(
+        s.acquire_lease(app, "b", 10_000).await.unwrap(),
+        Some(f + 1)
+    );
+}
+
+async fn lease_expires(s: &dyn Store, app: &str) {
+    let f = s.acquire_lease(app, "a", 150).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !s.renew_lease(app, "a", 10_000).await.unwrap(),
+        "an expired lease cannot be renewed"
+    );
+    assert_eq!(
+        s.acquire_lease(app, "b", 10_000).await.unwrap(),
+        Some(f + 1)
+    );
+}
+
+async fn window_limit(s: &dyn Store, app: &str) {
+    let l = [limit("template_send", 3, 2_000)];
+    for _ in 0..3 {
+        assert!(matches!(
+            acquire(s, app, &l, &[], &[]).await,
+            Acquire::Granted { .. }
+        ));
+    }
+    match acquire(s, app, &l, &[], &[]).await {
+        Acquire::Wait { wait_ms, limit } => {
+            assert!((1..=2_000).contains(&wait_ms), "{wait_ms}");
+            assert_eq!(limit, "template_send");
+        }
+        other => panic!("4th of 3: {other:?}"),
+    }
+}
+
+async fn window_frees_after_the_window(s: &dyn Store, app: &str) {
+    let l = [limit("x", 2, 300)];
+    assert!(matches!(
+        acquire(s, app, &l, &[], &[]).await,
+        Acquire::Granted { .. }
+    ));
+    assert!(matches!(
+        acquire(s, app, &l, &[], &[]).await,
+        Acquire::Granted { .. }
+    ));
+    let Acquire::Wait { wait_ms, .. } = acquire(s, app, &l, &[], &[]).await else {
+        panic!("full")
+    };
+    tokio::time::sleep(Duration::from_millis(wait_ms + 20)).await;
+    assert!(
+        matches!(acquire(s, app, &l, &[], &[]).await, Acquire::Granted { .. }),
+        "a permit freed up after {wait_ms} ms"
+    );
+}
+
+async fn all_or_nothing(s: &dyn Store, app: &str) {
+    let wide = limit("app", 5, 10_000);
+    let narrow = limit("user:o1", 2, 10_000);
+    let both = [wide.clone(), narrow.clone()];
+    assert!(matches!(
+        acquire(s, app, &both, &[], &[]).await,
+        Acquire::Granted { .. }
+    ));
+    assert!(matches!(
+        acquire(s, app, &both, &[], &[]).await,
+        Acquire::Granted { .. }
+    ));
+    match acquire(s, app, &both, &[], &[]).await {
+        Acquire::Wait { limit, .. } => assert_eq!(limit, "user:o1"),
+        other => panic!("{other:?}"),
+    }
+    // The refused attempt took nothing from the wide limit: 3 of its 5 are left.
+    let only_wide = [wide];
+    for i in 0..3 {
+        assert!(
+            matches!(
+                acquire(s, app, &only_wide, &[], &[]).await,
+                Acquire::Granted { .. }
+            ),
+            "{i}"
+        );
+    }
+    assert!(matches!(
+        acquire(s, app, &only_wide, &[], &[]).await,
+        Acquire::Wait { .. }
+    ));
+}
+
+async fn daily_quota(s: &dyn Store, app: &str) {
+    let q = [DailyQuota {
+        name: "template_send".into(),
+        limit: 2,
+    }];
+    let l = [limit("template_send", 100, 60_000)];
+    assert!(matches!(
+        acquire(s, app, &l, &q, &[]).await,
+        Acquire::Granted { .. }
+    ));
+    assert!(matches!(
+        acquire(s, app, &l, &q, &[]).await,
+        Acquire::Granted { .. }
+    ));
+    let now = s.now_ms().await.unwrap();
+    match acquire(s, app, &l, &q, &[]).await {
+        Acquire::Blocked { until_ms, reason } => {
+            assert_eq!(
+                until_ms,
+                wxgate_protocol_next_midnight(now),
+                "resets at 00:00 Beijing time"
+            );
+            assert!(reason.contains("quota"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The refused attempt took nothing from the window: 98 left.
+    let only_l = [limit("template_send", 100, 60_000)];
+    for _ in 0..98 {
+        assert!(matches!(
+            acquire(s, app, &only_l, &[], &[]).await,
+            Acquire::Granted { .. }
+        ));
+    }
+    assert!(matches!(
+        acquire(s, app, &only_l, &[], &[]).await,
+        Acquire::Wait { .. }
+    ));
+}
+
+fn wxgate_protocol_next_midnight(now_ms: u64) -> u64 {
+    // 00:00 in Beijing (UTC+8) is 16:00 UTC.
+    ((now_ms + 8 * 3_600_000) / 86_400_000 + 1) * 86_400_000 - 8 * 3_600_000
+}
+
+async fn blocks(s: &dyn Store, app: &str) {
+    let now = s.now_ms().await.unwrap();
+    s.block(app, "template_send", now + 60_000, "45011 from WeChat")
+        .await
+        .unwrap();
+    // An earlier end does not shorten it.
+    s.block(app, "template_send", now + 1_000, "shorter")
+        .await
+        .unwrap();
+    match acquire(s, app, &[], &[], &["template_send"]).await {
+        Acquire::Blocked { until_ms, reason } => {
+            assert!(
+                until_ms >= now + 59_000 && until_ms <= now + 61_000,
+                "{until_ms} vs {now}"
+            );
+            assert!(reason.contains("45011"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        acquire(s, app, &[], &[], &["subscribe_send"]).await,
+        Acquire::Granted { .. }
+    ));
+    s.block(app, "subscribe_send", now + 200, "short")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        matches!(
+            acquire(s, app, &[], &[], &["subscribe_send"]).await,
+            Acquire::Granted { .. }
+        ),
+        "a block ends"
+    );
+}
+
+async fn idempotency(s: &dyn Store, app: &str) {
+    assert_eq!(
+        s.claim_idempotency(app, "order-1", "req-1", 10_000)
+            .await
+            .unwrap(),
+        IdemClaim::Claimed
+    );
+    assert_eq!(
+        s.claim_idempotency(app, "order-1", "req-2", 10_000)
+            .await
+            .unwrap(),
+        IdemClaim::InProgress {
+            request_id: "req-1".into()
+        }
+    );
+    assert!(!s
+        .complete_idempotency(app, "order-1", "req-2", "x", 10_000)
+        .await
+        .unwrap());
+    assert!(s
+        .complete_idempotency(app, "order-1", "req-1", r#"{"msgid":"1"}"#, 10_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.claim_idempotency(app, "order-1", "req-3", 10_000)
+            .await
+            .unwrap(),
+        IdemClaim::Done {
+            request_id: "req-1".into(),
+            result: r#"{"msgid":"1"}"#.into()
+        }
+    );
+    assert!(
+        !s.release_idempotency(app, "order-1", "req-1")
+            .await
+            .unwrap(),
+        "a finished claim stays"
+    );
+    // A failed request releases its claim so a retry may claim it.
+    assert_eq!(
+        s.claim_idempotency(app, "order-2", "req-4", 10_000)
+            .await
+            .unwrap(),
+        IdemClaim::Claimed
+    );
+    assert!(!s
+        .release_idempotency(app, "order-2", "req-5")
+        .await
+        .unwrap());
+    assert!(s
+        .release_idempotency(app, "order-2", "req-4")
+        .await
+        .unwrap());
+    assert_eq!(
+        s.claim_idempotency(app, "order-2", "req-6", 10_000)
+            .await
+            .unwrap(),
+        IdemClaim::Claimed
+    );
+    // Claims expire.
+    assert_eq!(
+        s.claim_idempotency(app, "order-3", "req-7", 150)
+            .await
+            .unwrap(),
+        IdemClaim::Claimed
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.claim_idempotency(app, "order-3", "req-8", 10_000)
+            .await
+            .unwrap(),
+        IdemClaim::Claimed
+    );
+}
+
+type Case = for<'a> fn(
+    &'a dyn Store,
+    &'a str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        vec![$((stringify!($name), (|s, a| Box::pin($name(s, a))) as Case)),*]
+    };
+}
+
+/// Runs every case on stores from `make`, each case with its own appid (and its own store,
+/// hence its own prefix).
+async fn run_all(backend: &str, make: impl Fn() -> Arc<dyn Store>) {
+    let all = cases![
+        token_roundtrip,
+        stale_fence_is_refused,
+        invalidate_if_equal,
+        lease,
+        lease_expires,
+        window_limit,
+        window_frees_after_the_window,
+        all_or_nothing,
+        daily_quota,
+        blocks,
+        idempotency,
+    ];
+    let total = all.len();
+    // The cases are independent: run them concurrently to keep the sleeps from adding up.
+    let mut tasks = Vec::new();
+    for (i, (name, case)) in all.into_iter().enumerate() {
+        let store = make();
+        let appid = format!("wx{:016x}", i as u64 + 0xabc0_0000);
+        let backend = backend.to_string();
+        tasks.push(tokio::spawn(async move {
+            case(&*store, &appid).await;
+            eprintln!("{backend}: {name} ok");
+        }));
+    }
+    let mut failed = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await {
+            failed.push(e.to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{backend}: {} of {total} cases failed: {failed:#?}",
+        failed.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_memory() {
+    run_all("memory", || Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_redis_standalone() {
+    require_redis();
+    let server = RedisServer::start();
+    let url = server.url();
+    run_all("standalone", || {
+        redis_store(Topology::Standalone { url: url.clone() }, &prefix())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_redis_cluster() {
+    require_redis();
+    let cluster = RedisCluster::start();
+    let nodes = cluster.seed_urls();
+    run_all("cluster", || {
+        redis_store(
+            Topology::Cluster {
+                nodes: nodes.clone(),
+            },
+            &prefix(),
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_redis_sentinel() {
+    require_redis();
+    let sentinel = RedisSentinel::start();
+    let sentinels = sentinel.sentinel_urls();
+    run_all("sentinel", || {
+        redis_store(
+            Topology::Sentinel {
+                sentinels: sentinels.clone(),
+                master_name: RedisSentinel::MASTER_NAME.into(),
+            },
+            &prefix(),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keys_are_readable_namespaced_and_expire() {
+    require_redis();
+    let server = RedisServer::start();
+    let p = prefix();
+    let s = redis_store(Topology::Standalone { url: server.url() }, &p);
+    let app = "wx0123456789abcdef";
+    s.write_token(app, &new_token("t", 0, "n1")).await.unwrap();
+    s.acquire_lease(app, "n1", 10_000).await.unwrap();
+    acquire(
+        &*s,
+        app,
+        &[
+            limit("template_send", 5, 60_000),
+            limit("user:o1", 5, 60_000),
+        ],
+        &[DailyQuota {
+            name: "template_send".into(),
+            limit: 9,
+        }],
+        &[],
+    )
+    .await;
+    s.block(
+        app,
+        "template_send",
+        s.now_ms().await.unwrap() + 60_000,
+        "45011",
+    )
+    .await
+    .unwrap();
+    s.claim_idempotency(app, "order-9", "r1", 60_000)
+        .await
+        .unwrap();
+    let keys = server.cli(&["--scan", "--pattern", &format!("{p}:*")]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort();
+    let expect = |rest: &str| format!("{p}:{{{app}}}:{rest}");
+    let mut expected = vec![
+        expect("block:template_send"),
+        expect("fence"),
+        expect("idem:order-9"),
+        expect("leader"),
+        expect("quota:template_send"),
+        expect("rl:template_send:60000"),
+        expect("rl:user:o1:60000"),
+        expect("token"),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    for k in &keys {
+        let ttl: i64 = server.cli(&["PTTL", k]).parse().unwrap();
+        if k.ends_with(":fence") {
+            assert_eq!(ttl, -1, "the fence never resets, so it never expires");
+        } else {
+            assert!(ttl > 0, "{k} has no TTL");
+        }
+    }
+    assert_eq!(
+        server.cli(&["HGET", &expect("quota:template_send"), "used"]),
+        "1"
+    );
+    assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
+}
