@@ -6,8 +6,9 @@
 //!
 //! Topologies: standalone (`redis://`, `rediss://`) through a `ConnectionManager` that
 //! reconnects by itself; Sentinel (master name + sentinel addresses) through a multiplexed
-//! connection to the master that Sentinel names, dropped and re-resolved after an error that
-//! means the master moved (`READONLY`, connection refused or reset); Cluster (seed nodes)
+//! connection to the master that Sentinel names (checked with `ROLE`), dropped and re-resolved
+//! when a watcher sees the sentinels name another master, or after an error that means the
+//! master moved (`READONLY`, connection refused or reset); Cluster (seed nodes)
 //! through redis-rs's cluster client, which follows `MOVED`/`ASK`. Connections are made lazily:
 //! a gateway starts while Redis is down and reports not-ready until Redis answers.
 
@@ -132,47 +133,166 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// The connection slot, shared with the Sentinel watcher.
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<Conn>>,
+    /// The master the current connection goes to (Sentinel only).
+    master: Mutex<Option<(String, u16)>>,
+}
+
+impl Slot {
+    fn conn(&self) -> Option<Conn> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, conn: Option<Conn>, master: Option<(String, u16)>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = master;
+    }
+
+    fn master(&self) -> Option<(String, u16)> {
+        self.master
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Holds the current connection; makes one (single-flight) when there is none.
+///
+/// With Sentinel, a watcher task asks the sentinels every 500 ms where the master is and drops
+/// the connection as soon as the answer changes: after a failover the demoted master keeps
+/// accepting writes until the sentinels reconfigure it (about 10 s), and writes sent there in
+/// the meantime would be lost. The watcher lives as long as the store (aborted on drop).
 struct Connector {
     cfg: RedisConfig,
-    current: Mutex<Option<Conn>>,
+    slot: Arc<Slot>,
     connecting: tokio::sync::Mutex<()>,
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        if let Some(w) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            w.abort();
+        }
+    }
+}
+
+/// Asks the sentinels, in turn, where the master named `name` is.
+async fn resolve_master(
+    sentinels: &[redis::ConnectionInfo],
+    name: &str,
+    timeout: Duration,
+) -> Result<(String, u16), RedisError> {
+    let mut last = None;
+    for info in sentinels {
+        let attempt = async {
+            let client = redis::Client::open(info.clone())?;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            let mut c = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
+            let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(name)
+                .query_async(&mut c)
+                .await?;
+            addr.ok_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::Io,
+                    "sentinel does not know the master",
+                    name.to_string(),
+                ))
+            })
+        };
+        match attempt.await {
+            Ok(addr) => return Ok(addr),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| RedisError::from((redis::ErrorKind::Io, "no sentinel configured"))))
 }
 
 impl Connector {
     async fn get(&self) -> Result<Conn, StoreError> {
-        if let Some(c) = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(c) = self.slot.conn() {
             return Ok(c);
         }
         let _flight = self.connecting.lock().await;
-        if let Some(c) = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(c) = self.slot.conn() {
             return Ok(c);
         }
-        let conn = tokio::time::timeout(self.cfg.connect_timeout, self.connect())
+        let (conn, master) = tokio::time::timeout(self.cfg.connect_timeout, self.connect())
             .await
             .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
             .map_err(|e| classify(&e))?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        self.slot.set(Some(conn.clone()), master);
         Ok(conn)
     }
 
     /// Forget the connection: the next operation connects again (and, with Sentinel, asks
     /// the sentinels where the master is now).
     fn reset(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.slot.set(None, None);
     }
 
-    async fn connect(&self) -> Result<Conn, RedisError> {
+    fn sentinel_infos(
+        &self,
+        sentinels: &[String],
+    ) -> Result<Vec<redis::ConnectionInfo>, RedisError> {
+        sentinels
+            .iter()
+            .map(|u| {
+                let info = redis::IntoConnectionInfo::into_connection_info(u.as_str())?;
+                Ok(with_credentials(
+                    info,
+                    None,
+                    self.cfg.sentinel_password.as_deref(),
+                ))
+            })
+            .collect()
+    }
+
+    fn start_watcher(&self, infos: Vec<redis::ConnectionInfo>, name: String) {
+        let mut w = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_some() {
+            return;
+        }
+        let slot = self.slot.clone();
+        let timeout = self.cfg.connect_timeout;
+        *w = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(connected) = slot.master() else {
+                    continue;
+                };
+                if let Ok(now) = resolve_master(&infos, &name, timeout).await {
+                    if now != connected {
+                        tracing::warn!(
+                            from = %format!("{}:{}", connected.0, connected.1),
+                            to = %format!("{}:{}", now.0, now.1),
+                            "Redis master moved (Sentinel failover): reconnecting"
+                        );
+                        slot.set(None, None);
+                    }
+                }
+            }
+        }));
+    }
+
+    async fn connect(&self) -> Result<(Conn, Option<(String, u16)>), RedisError> {
         let cfg = &self.cfg;
         match &cfg.topology {
             Topology::Standalone { url } => {
@@ -184,44 +304,40 @@ impl Connector {
                     .set_connection_timeout(Some(cfg.connect_timeout))
                     .set_response_timeout(Some(cfg.command_timeout))
                     .set_number_of_retries(1);
-                Ok(Conn::Managed(
-                    ConnectionManager::new_with_config(client, mgr_cfg).await?,
+                Ok((
+                    Conn::Managed(ConnectionManager::new_with_config(client, mgr_cfg).await?),
+                    None,
                 ))
             }
             Topology::Sentinel {
                 sentinels,
                 master_name,
             } => {
-                let mut node_info = redis::RedisConnectionInfo::default();
-                if let Some(u) = &cfg.username {
-                    node_info = node_info.set_username(u);
-                }
-                if let Some(p) = &cfg.password {
-                    node_info = node_info.set_password(p);
-                }
-                let sentinel_urls: Vec<redis::ConnectionInfo> = sentinels
-                    .iter()
-                    .map(|u| {
-                        let info = redis::IntoConnectionInfo::into_connection_info(u.as_str())?;
-                        let pass = cfg.sentinel_password.as_deref();
-                        Ok(with_credentials(info, None, pass))
-                    })
-                    .collect::<Result<_, RedisError>>()?;
-                let mut sentinel = redis::sentinel::SentinelClient::build(
-                    sentinel_urls,
-                    master_name.clone(),
-                    Some(
-                        redis::sentinel::SentinelNodeConnectionInfo::default()
-                            .set_redis_connection_info(node_info),
-                    ),
-                    redis::sentinel::SentinelServerType::Master,
+                // Sentinel's client protocol: ask a sentinel for the master's address, connect,
+                // and check with ROLE that the node really is the master.
+                let infos = self.sentinel_infos(sentinels)?;
+                let (host, port) = resolve_master(&infos, master_name, cfg.connect_timeout).await?;
+                let info = redis::IntoConnectionInfo::into_connection_info(
+                    format!("redis://{host}:{port}").as_str(),
                 )?;
+                let info = with_credentials(info, cfg.username.as_deref(), cfg.password.as_deref());
                 let conn_cfg = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(cfg.connect_timeout))
                     .set_response_timeout(Some(cfg.command_timeout));
-                Ok(Conn::Plain(
-                    sentinel.get_async_connection_with_config(&conn_cfg).await?,
-                ))
+                let mut conn = redis::Client::open(info)?
+                    .get_multiplexed_async_connection_with_config(&conn_cfg)
+                    .await?;
+                let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+                let is_master = role.first().and_then(as_string).as_deref() == Some("master");
+                if !is_master {
+                    return Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the node Sentinel named is not (yet) a master",
+                        format!("{host}:{port}"),
+                    )));
+                }
+                self.start_watcher(infos, master_name.clone());
+                Ok((Conn::Plain(conn), Some((host, port))))
             }
             Topology::Cluster { nodes } => {
                 let mut b = redis::cluster::ClusterClient::builder(nodes.clone())
@@ -234,7 +350,10 @@ impl Connector {
                 if let Some(p) = &cfg.password {
                     b = b.password(p);
                 }
-                Ok(Conn::Cluster(b.build()?.get_async_connection().await?))
+                Ok((
+                    Conn::Cluster(b.build()?.get_async_connection().await?),
+                    None,
+                ))
             }
         }
     }
@@ -298,8 +417,9 @@ impl RedisStore {
             scripts: Arc::new(Scripts::new()),
             conn: Connector {
                 cfg,
-                current: Mutex::new(None),
+                slot: Arc::new(Slot::default()),
                 connecting: tokio::sync::Mutex::new(()),
+                watcher: Mutex::new(None),
             },
         })
     }

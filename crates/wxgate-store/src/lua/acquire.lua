@@ -16,8 +16,7 @@ local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
 
--- Beijing calendar day (UTC+8) as YYYYMMDD, and the unix ms of its end.
-local day_n = math.floor((now_ms + 28800000) / 86400000)
+-- Beijing calendar day (UTC+8) as YYYYMMDD, and the unix ms of its end: only with quotas.
 local function civil(z)
   z = z + 719468
   local era = math.floor(z / 146097)
@@ -31,8 +30,12 @@ local function civil(z)
   if m <= 2 then y = y + 1 end
   return string.format('%04d%02d%02d', y, m, d)
 end
-local today = civil(day_n)
-local day_end_ms = (day_n + 1) * 86400000 - 28800000
+local today, day_end_ms = '', 0
+if nq > 0 then
+  local day_n = math.floor((now_ms + 28800000) / 86400000)
+  today = civil(day_n)
+  day_end_ms = (day_n + 1) * 86400000 - 28800000
+end
 
 -- 1. Blocks and quotas outrank a full window.
 local blocked_until, reason = 0, ''
@@ -46,9 +49,10 @@ end
 for i = 1, nq do
   local key = KEYS[nb + i]
   local limit = tonumber(ARGV[5 + i])
+  local q = redis.call('HMGET', key, 'day', 'used')
   local used = 0
-  if redis.call('HGET', key, 'day') == today then
-    used = tonumber(redis.call('HGET', key, 'used') or '0')
+  if q[1] == today then
+    used = tonumber(q[2] or '0')
   end
   if used >= limit and day_end_ms > blocked_until then
     blocked_until = day_end_ms
@@ -98,8 +102,8 @@ for i = 1, nq do
     redis.call('HINCRBY', key, 'used', 1)
   else
     redis.call('HSET', key, 'day', today, 'used', 1)
+    -- Kept one day past the reset, so operators can read yesterday's use.
+    redis.call('PEXPIREAT', key, day_end_ms + 86400000)
   end
-  -- Kept one day past the reset, so operators can read yesterday's use.
-  redis.call('PEXPIREAT', key, day_end_ms + 86400000)
 end
 return {1, now_ms}

@@ -98,12 +98,13 @@ async fn sentinel_failover_during_sends() {
     require_redis();
     let sentinel = RedisSentinel::start();
     let old_master = sentinel.master_port();
+    let p = prefix();
     let s = redis_store(
         Topology::Sentinel {
             sentinels: sentinel.sentinel_urls(),
             master_name: RedisSentinel::MASTER_NAME.into(),
         },
-        &prefix(),
+        &p,
     );
     s.write_token(
         APP,
@@ -146,23 +147,40 @@ async fn sentinel_failover_during_sends() {
         failover_started.elapsed()
     );
 
-    // Writes now land on the new master, and the data written before is there.
+    // The data written before is there, and writes now land on the new master (the demoted
+    // one accepts writes until the sentinels reconfigure it; the store must not write there).
     assert_eq!(
         s.read_token(APP).await.unwrap().unwrap().access_token,
         "before-failover"
     );
-    s.write_token(
-        APP,
-        &NewToken {
-            access_token: "after-failover".into(),
-            expires_in_ms: 600_000,
-            fence: 0,
-            node: "n1".into(),
-            source: TokenSource::Stable,
-        },
-    )
-    .await
-    .unwrap();
+    let token_key = format!("{p}:{{{APP}}}:token");
+    let moved = Instant::now();
+    loop {
+        s.write_token(
+            APP,
+            &NewToken {
+                access_token: "after-failover".into(),
+                expires_in_ms: 600_000,
+                fence: 0,
+                node: "n1".into(),
+                source: TokenSource::Stable,
+            },
+        )
+        .await
+        .unwrap();
+        if sentinel.cli_master(&["HGET", &token_key, "access_token"]) == "after-failover" {
+            break;
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(5),
+            "the store still writes to the demoted master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "writes reached the new master {:?} after the failover completed",
+        moved.elapsed()
+    );
     let (ok, unavailable) = sender.await.unwrap();
     eprintln!("during the run: {ok} sends admitted, {unavailable} answered unavailable (503)");
     assert!(ok > 50, "sends continued: {ok}");
