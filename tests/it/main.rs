@@ -2,6 +2,7 @@
 
 mod malformed;
 mod quickstart;
+mod redis_store;
 mod sends;
 mod tokens;
 mod wechat_errors;

@@ -97,6 +97,20 @@ impl Default for Options {
     }
 }
 
+/// Another gateway node in front of the same fake WeChat (see [`TestGateway::add_node`]).
+pub struct Node {
+    pub url: String,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+        let _ = self.task.await;
+    }
+}
+
 /// A running fake WeChat and an in-process gateway in front of it.
 pub struct TestGateway {
     pub url: String,
@@ -179,6 +193,35 @@ pub async fn spawn_with(opts: Options) -> TestGateway {
 }
 
 impl TestGateway {
+    /// Starts another gateway node on its own port, in front of the same fake WeChat, with
+    /// `extra_toml` appended to the standard configuration (e.g. the same `[store]`).
+    pub fn add_node(&self, extra_toml: &str) -> Node {
+        let toml = gateway_toml(&self.fake.base_url(), 300, extra_toml);
+        let settings = Settings::from_toml_str(&toml).expect("node settings");
+        let app = Application::build(settings, BuildOptions::default()).expect("build node");
+        let url = format!("http://{}", app.local_addr());
+        let handle = app.handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        Node { url, handle, task }
+    }
+
+    /// POSTs JSON to another node with the all-apps key.
+    pub async fn post_to(&self, node: &Node, path: &str, body: &Value) -> Resp {
+        let resp = self
+            .http
+            .post(format!("{}{}", node.url, path))
+            .bearer_auth(API_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("node answers");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp { status, headers, body }
+    }
+
     pub fn fake_state(&self) -> FakeState {
         self.fake.state()
     }
@@ -244,6 +287,25 @@ impl TestGateway {
         let _ = self.task.await;
         self.fake.stop().await;
     }
+}
+
+/// `[store]` TOML for a standalone Redis at `url` with a fresh key prefix.
+pub fn redis_store_toml(url: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        "[store]\nkind = \"redis\"\nprefix = \"{prefix}\"\n{extra}\n[store.redis]\nurl = \"{url}\"\nconnect_timeout_ms = 300\ncommand_timeout_ms = 300\n"
+    )
+}
+
+/// A fresh key prefix.
+pub fn unique_prefix() -> String {
+    format!(
+        "wxgate-it-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 /// A valid template message for the demo Official Account.
