@@ -14,7 +14,11 @@ async fn replicas_share_one_token_through_redis() {
     let redis = RedisServer::start();
     let prefix = unique_prefix();
     let store = redis_store_toml(&redis.url(), &prefix, "");
-    let gw = spawn_with(Options { extra_toml: store.clone(), ..Default::default() }).await;
+    let gw = spawn_with(Options {
+        extra_toml: store.clone(),
+        ..Default::default()
+    })
+    .await;
     let b = gw.add_node(&store);
     let c = gw.add_node(&store);
     assert_eq!(gw.post(TPL, &template_body()).await.status, 200);
@@ -24,7 +28,11 @@ async fn replicas_share_one_token_through_redis() {
         }
     }
     assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 7);
-    assert_eq!(gw.calls_to(paths::STABLE_TOKEN).len(), 1, "one token for three nodes");
+    assert_eq!(
+        gw.calls_to(paths::STABLE_TOKEN).len(),
+        1,
+        "one token for three nodes"
+    );
     // An operator can read it: the hash under the documented key, with its fields.
     let key = format!("{prefix}:{{{}}}:token", demo::OA_APPID);
     assert_eq!(redis.cli(&["HGET", &key, "source"]), "stable");
@@ -40,13 +48,20 @@ async fn wechat_minute_limit_on_one_node_pauses_every_node() {
     require_redis();
     let redis = RedisServer::start();
     let store = redis_store_toml(&redis.url(), &unique_prefix(), "");
-    let gw = spawn_with(Options { extra_toml: store.clone(), ..Default::default() }).await;
+    let gw = spawn_with(Options {
+        extra_toml: store.clone(),
+        ..Default::default()
+    })
+    .await;
     let other = gw.add_node(&store);
     gw.fake_state().add_fault(Fault {
         path: Some(paths::TEMPLATE_SEND.into()),
         appid: None,
         count: 1,
-        action: FaultAction::Errcode { errcode: 45011, errmsg: None },
+        action: FaultAction::Errcode {
+            errcode: 45011,
+            errmsg: None,
+        },
     });
     let r = gw.post(TPL, &template_body()).await;
     assert_eq!((r.status, r.code()), (429, "rate_limited"));
@@ -55,10 +70,24 @@ async fn wechat_minute_limit_on_one_node_pauses_every_node() {
     assert_eq!((r.status, r.code()), (429, "rate_limited"), "{:?}", r.body);
     let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&secs), "{secs}");
-    assert!(r.body["message"].as_str().unwrap().contains("45011"), "{:?}", r.body);
-    assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 1, "only the first send reached WeChat");
+    assert!(
+        r.body["message"].as_str().unwrap().contains("45011"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        gw.calls_to(paths::TEMPLATE_SEND).len(),
+        1,
+        "only the first send reached WeChat"
+    );
     // Other APIs of the app are not blocked.
-    let r = gw.post_to(&other, "/v1/apps/oa/messages/subscribe", &oa_subscribe_body()).await;
+    let r = gw
+        .post_to(
+            &other,
+            "/v1/apps/oa/messages/subscribe",
+            &oa_subscribe_body(),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     other.stop().await;
     gw.stop().await;
@@ -69,18 +98,33 @@ async fn redis_down_fails_closed_with_503_and_nothing_is_sent() {
     require_redis();
     let mut redis = RedisServer::start();
     let store = redis_store_toml(&redis.url(), &unique_prefix(), "");
-    let gw = spawn_with(Options { extra_toml: store, ..Default::default() }).await;
+    let gw = spawn_with(Options {
+        extra_toml: store,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(gw.post(TPL, &template_body()).await.status, 200);
     redis.stop();
     let before = gw.calls_to(paths::TEMPLATE_SEND).len();
     for _ in 0..3 {
         let r = gw.post(TPL, &template_body()).await;
-        assert_eq!((r.status, r.code()), (503, "store_unavailable"), "{:?}", r.body);
+        assert_eq!(
+            (r.status, r.code()),
+            (503, "store_unavailable"),
+            "{:?}",
+            r.body
+        );
         assert_eq!(r.body["retryable"], true);
         assert_eq!(r.header("retry-after"), Some("1"));
     }
-    assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), before, "nothing sent without Redis");
-    let ready = gw.request(reqwest::Method::GET, "/readyz", None, None, "").await;
+    assert_eq!(
+        gw.calls_to(paths::TEMPLATE_SEND).len(),
+        before,
+        "nothing sent without Redis"
+    );
+    let ready = gw
+        .request(reqwest::Method::GET, "/readyz", None, None, "")
+        .await;
     assert_eq!(ready.status, 503);
     // Redis back (empty): sends resume.
     redis.restart();
@@ -105,7 +149,11 @@ async fn local_share_policy_keeps_sending_without_redis() {
         &unique_prefix(),
         "on_unavailable = \"local_share\"\nexpected_replicas = 3",
     );
-    let gw = spawn_with(Options { extra_toml: store, ..Default::default() }).await;
+    let gw = spawn_with(Options {
+        extra_toml: store,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(gw.post(TPL, &template_body()).await.status, 200);
     redis.stop();
     // The token is cached on the node and the permit comes from the node's local share.
