@@ -29,7 +29,7 @@ async fn replicas_share_one_token_through_redis() {
     }
     assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 7);
     assert_eq!(
-        gw.calls_to(paths::STABLE_TOKEN).len(),
+        gw.oa_calls_to(paths::STABLE_TOKEN).len(),
         1,
         "one token for three nodes"
     );

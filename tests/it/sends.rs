@@ -31,7 +31,7 @@ async fn template_send_returns_wechat_msgid() {
     assert_eq!(sends[0].touser.as_deref(), Some(demo::USER_OPENID));
     assert_eq!(sends[0].client_msg_id.as_deref(), Some("order-42-shipped"));
     assert_eq!(
-        gw.calls_to(paths::STABLE_TOKEN).len(),
+        gw.oa_calls_to(paths::STABLE_TOKEN).len(),
         1,
         "stable_token is the default mode"
     );
@@ -114,7 +114,7 @@ async fn concurrent_first_sends_fetch_one_token() {
     }
     assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 40);
     assert_eq!(
-        gw.calls_to(paths::STABLE_TOKEN).len(),
+        gw.oa_calls_to(paths::STABLE_TOKEN).len(),
         1,
         "the refresh is single-flight"
     );
@@ -128,10 +128,65 @@ async fn health_and_readiness() {
         .request(reqwest::Method::GET, "/healthz", None, None, "")
         .await;
     assert_eq!((r.status, r.body["status"].as_str()), (200, Some("ok")));
+    // Ready once the store answers and every required app has a token: the refresher fetches
+    // them at start-up, one per app.
+    let mut r = gw
+        .request(reqwest::Method::GET, "/readyz", None, None, "")
+        .await;
+    for _ in 0..100 {
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.code(), "not_ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        r = gw
+            .request(reqwest::Method::GET, "/readyz", None, None, "")
+            .await;
+    }
+    assert_eq!(
+        (r.status, r.body["store"].as_str()),
+        (200, Some("memory")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        gw.calls_to(wxgate_protocol::wire::paths::STABLE_TOKEN)
+            .len(),
+        2,
+        "one per app"
+    );
+    assert!(gw
+        .calls()
+        .iter()
+        .all(|c| !c.path.starts_with("/cgi-bin/message")));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn not_ready_without_a_token() {
+    // Wrong secret: no token can be had, so the node never turns ready.
+    let gw = spawn_with(Options {
+        oa_secret_override: Some("wrong".into()),
+        ..Default::default()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let r = gw
         .request(reqwest::Method::GET, "/readyz", None, None, "")
         .await;
-    assert_eq!((r.status, r.body["store"].as_str()), (200, Some("memory")));
-    assert!(gw.calls().is_empty());
+    assert_eq!((r.status, r.code()), (503, "not_ready"), "{:?}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("oa"),
+        "{:?}",
+        r.body
+    );
+    // The refresher backs off: a handful of attempts, not one per 50 ms tick.
+    let attempts = gw
+        .oa_calls_to(wxgate_protocol::wire::paths::STABLE_TOKEN)
+        .len();
+    assert!(
+        (1..=4).contains(&attempts),
+        "{attempts} token calls in 300 ms"
+    );
     gw.stop().await;
 }

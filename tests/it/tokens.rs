@@ -44,7 +44,7 @@ async fn token_expiring_during_use_is_refreshed_and_the_send_retried() {
         sends.iter().map(|c| c.errcode).collect::<Vec<_>>(),
         [0, 42001, 0]
     );
-    let tokens = gw.calls_to(paths::STABLE_TOKEN);
+    let tokens = gw.oa_calls_to(paths::STABLE_TOKEN);
     assert_eq!(tokens.len(), 2, "one refresh");
     assert_ne!(tokens[0].access_token, tokens[1].access_token);
     assert_eq!(
@@ -56,7 +56,8 @@ async fn token_expiring_during_use_is_refreshed_and_the_send_retried() {
 
 #[tokio::test]
 async fn token_is_refreshed_ahead_of_expiry_over_several_lifetimes() {
-    // 60 s tokens; WeChat rotates in the last 30 s; the gateway refreshes 30 s ahead.
+    // 60 s tokens; WeChat rotates in the last 30 s; the gateway refreshes 30 s ahead. Both
+    // clocks move by hand, 40 s at a time.
     let gw = spawn_with(Options {
         fake: short_lived(60, 30),
         refresh_ahead_secs: 30,
@@ -66,9 +67,23 @@ async fn token_is_refreshed_ahead_of_expiry_over_several_lifetimes() {
     for _ in 0..3 {
         send_ok(&gw).await;
     }
-    for _lifetime in 0..5 {
+    for lifetime in 0..5 {
         gw.fake_state().advance_clock(Duration::from_secs(40));
         gw.clock.advance_ms(40_000);
+        // The token is now due: the node's background refresher (the leader) renews it
+        // within a tick, before any caller needs it.
+        let want = lifetime + 2;
+        for _ in 0..200 {
+            if gw.oa_calls_to(paths::STABLE_TOKEN).len() >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            gw.oa_calls_to(paths::STABLE_TOKEN).len(),
+            want,
+            "refreshed ahead"
+        );
         for _ in 0..3 {
             let r = send_ok(&gw).await;
             assert_eq!(r.body["attempts"], 1, "no send waits for a rejected token");
@@ -80,7 +95,7 @@ async fn token_is_refreshed_ahead_of_expiry_over_several_lifetimes() {
         sends.iter().all(|c| c.errcode == 0),
         "no 40001/42001 reached the caller or WeChat"
     );
-    let fetches = gw.calls_to(paths::STABLE_TOKEN);
+    let fetches = gw.oa_calls_to(paths::STABLE_TOKEN);
     assert_eq!(fetches.len(), 6, "one fetch per token lifetime");
     let distinct: HashSet<_> = fetches.iter().map(|c| c.access_token.clone()).collect();
     assert_eq!(distinct.len(), 6, "each refresh got a new token");
@@ -101,7 +116,7 @@ async fn token_invalidated_behind_the_gateways_back() {
         [0, 40001, 0, 0]
     );
     assert_eq!(
-        gw.calls_to(paths::STABLE_TOKEN).len(),
+        gw.oa_calls_to(paths::STABLE_TOKEN).len(),
         2,
         "exactly one refresh"
     );
@@ -118,8 +133,8 @@ async fn classic_mode_uses_cgi_bin_token_once() {
     for _ in 0..5 {
         send_ok(&gw).await;
     }
-    assert_eq!(gw.calls_to(paths::TOKEN).len(), 1);
-    assert!(gw.calls_to(paths::STABLE_TOKEN).is_empty());
+    assert_eq!(gw.oa_calls_to(paths::TOKEN).len(), 1);
+    assert!(gw.oa_calls_to(paths::STABLE_TOKEN).is_empty());
     gw.stop().await;
 }
 
@@ -127,7 +142,7 @@ async fn classic_mode_uses_cgi_bin_token_once() {
 async fn tokens_never_reach_the_caller() {
     let gw = spawn().await;
     send_ok(&gw).await;
-    let token = gw.calls_to(paths::STABLE_TOKEN)[0]
+    let token = gw.oa_calls_to(paths::STABLE_TOKEN)[0]
         .access_token
         .clone()
         .unwrap();

@@ -49,7 +49,7 @@ async fn token_rejected_once_is_refreshed_and_retried() {
             [errcode, 0]
         );
         assert_eq!(
-            gw.calls_to(paths::STABLE_TOKEN).len(),
+            gw.oa_calls_to(paths::STABLE_TOKEN).len(),
             2,
             "one refresh after {errcode}"
         );

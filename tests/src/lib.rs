@@ -43,6 +43,8 @@ request_timeout_ms = 2000
 
 [token]
 refresh_ahead_secs = {refresh_ahead_secs}
+check_interval_ms = 50
+lease_ttl_ms = 1000
 
 [apps.oa]
 appid = "{oa}"
@@ -233,6 +235,14 @@ impl TestGateway {
     /// Every call the fake WeChat received.
     pub fn calls(&self) -> Vec<CallRecord> {
         self.fake.state().calls()
+    }
+
+    /// Calls the fake received on `path` for the `oa` app (the demo Official Account).
+    pub fn oa_calls_to(&self, path: &str) -> Vec<CallRecord> {
+        self.calls_to(path)
+            .into_iter()
+            .filter(|c| c.appid.as_deref() == Some(demo::OA_APPID))
+            .collect()
     }
 
     /// Calls the fake received on `path`.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-pub use raw::{AppKind, OnUnavailable, RedisMode, StoreKind, TokenMode};
+pub use raw::{AppKind, OnUnavailable, RedisMode, Scope, StoreKind, TokenMode};
 use secrecy::SecretString;
 
 /// A configuration that cannot be used, with the field at fault.
@@ -94,8 +94,16 @@ pub struct RedisSettings {
 
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
-    /// Refresh this long before WeChat's expiry (inside its 5-minute overlap).
+    /// The leader refreshes this long before WeChat's expiry (inside its 5-minute overlap).
     pub refresh_ahead: Duration,
+    /// How long a refresh leadership lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// How often each node's refresher renews (or tries to take) the lease and checks the token.
+    pub check_interval: Duration,
+    /// How long a send waits for the leader to store a token when there is none.
+    pub wait_for_token: Duration,
+    /// Token-endpoint calls allowed per app per minute, cluster-wide (storm guard).
+    pub fetch_per_minute: u64,
 }
 
 /// One WeChat app (Official Account or Mini Program).
@@ -105,9 +113,14 @@ pub struct App {
     pub appid: String,
     pub kind: AppKind,
     pub token_mode: TokenMode,
-    pub secret: SecretString,
+    /// None for `token_mode = "external"`.
+    pub secret: Option<SecretString>,
     /// Where the secret came from ("inline", "env:NAME", "file:PATH"), for `check-config`.
     pub secret_source: String,
+    /// The Redis key of an external token.
+    pub external_token_key: Option<String>,
+    /// `/readyz` requires a usable token for this app.
+    pub required: bool,
 }
 
 /// Which apps an API key may use.
@@ -132,6 +145,7 @@ pub struct ApiKey {
     pub name: String,
     pub key: SecretString,
     pub apps: AppScope,
+    pub scopes: Vec<Scope>,
 }
 
 impl Settings {

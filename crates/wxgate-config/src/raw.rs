@@ -246,12 +246,20 @@ impl RawRedis {
 #[serde(deny_unknown_fields, default)]
 struct RawToken {
     refresh_ahead_secs: u64,
+    lease_ttl_ms: u64,
+    check_interval_ms: u64,
+    wait_for_token_ms: u64,
+    fetch_per_minute: u64,
 }
 
 impl Default for RawToken {
     fn default() -> Self {
         Self {
-            refresh_ahead_secs: 300,
+            refresh_ahead_secs: 240,
+            lease_ttl_ms: 15_000,
+            check_interval_ms: 1_000,
+            wait_for_token_ms: 5_000,
+            fetch_per_minute: 20,
         }
     }
 }
@@ -284,6 +292,8 @@ pub enum TokenMode {
     Stable,
     /// `/cgi-bin/token` (each fetch invalidates older tokens).
     Classic,
+    /// Another system owns the token; wxgate only reads it from `external_token_key` in Redis.
+    External,
 }
 
 impl TokenMode {
@@ -291,6 +301,7 @@ impl TokenMode {
         match self {
             Self::Stable => "stable",
             Self::Classic => "classic",
+            Self::External => "external",
         }
     }
 }
@@ -305,6 +316,15 @@ struct RawApp {
     secret: Option<String>,
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
+    /// `token_mode = "external"`: the Redis key another system keeps the token in.
+    external_token_key: Option<String>,
+    /// `/readyz` needs a usable token for this app.
+    #[serde(default = "yes")]
+    required: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +335,23 @@ struct RawApiKey {
     key_file: Option<PathBuf>,
     /// App names, or `["*"]` for every app.
     apps: Vec<String>,
+    /// What the key may do: `send` (messages) and/or `token` (the central token API).
+    #[serde(default = "default_scopes")]
+    scopes: Vec<Scope>,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Send]
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `POST /v1/apps/{app}/messages/*`.
+    Send,
+    /// `GET /v1/apps/{app}/access_token` and `.../access_token/invalidate`.
+    Token,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -408,9 +445,39 @@ impl RawSettings {
                     "another app has the same appid",
                 ));
             }
-            let (secret, secret_source) =
-                resolve_secret("secret", app.secret, app.secret_env, app.secret_file)
-                    .map_err(|e| ConfigError(format!("apps.{name}.{}", e.0)))?;
+            let (secret, secret_source) = if app.token_mode == TokenMode::External {
+                if app.secret.is_some() || app.secret_env.is_some() || app.secret_file.is_some() {
+                    return Err(ConfigError::at(
+                        at("secret"),
+                        "an external-token app needs no secret: wxgate never fetches its token",
+                    ));
+                }
+                let key = app.external_token_key.as_deref().unwrap_or("");
+                if key.is_empty() || key.len() > 512 || key.chars().any(char::is_whitespace) {
+                    return Err(ConfigError::at(
+                        at("external_token_key"),
+                        "required with token_mode = \"external\": the Redis key holding the token",
+                    ));
+                }
+                if self.store.kind != StoreKind::Redis {
+                    return Err(ConfigError::at(
+                        at("token_mode"),
+                        "\"external\" reads the token from Redis: set store.kind = \"redis\"",
+                    ));
+                }
+                (None, format!("external:{key}"))
+            } else {
+                if app.external_token_key.is_some() {
+                    return Err(ConfigError::at(
+                        at("external_token_key"),
+                        "only used with token_mode = \"external\"",
+                    ));
+                }
+                let (s, src) =
+                    resolve_secret("secret", app.secret, app.secret_env, app.secret_file)
+                        .map_err(|e| ConfigError(format!("apps.{name}.{}", e.0)))?;
+                (Some(s), src)
+            };
             apps.insert(
                 name.clone(),
                 App {
@@ -420,6 +487,8 @@ impl RawSettings {
                     token_mode: app.token_mode,
                     secret,
                     secret_source,
+                    external_token_key: app.external_token_key,
+                    required: app.required,
                 },
             );
         }
@@ -456,9 +525,16 @@ impl RawSettings {
                 }
                 AppScope::Only(k.apps)
             };
+            if k.scopes.is_empty() {
+                return Err(ConfigError::at(
+                    format!("api_keys.{name}.scopes"),
+                    "list at least one of \"send\", \"token\"",
+                ));
+            }
             api_keys.push(ApiKey {
                 name,
                 key,
+                scopes: k.scopes,
                 apps: scope,
             });
         }
@@ -507,6 +583,33 @@ impl RawSettings {
             redis,
         };
 
+        let t = &self.token;
+        if t.lease_ttl_ms < 3 * t.check_interval_ms {
+            return Err(ConfigError::at(
+                "token.lease_ttl_ms",
+                "must be at least 3 × token.check_interval_ms, so a live leader always renews in time",
+            ));
+        }
+        if !(10..=600_000).contains(&t.check_interval_ms) {
+            return Err(ConfigError::at(
+                "token.check_interval_ms",
+                "must be between 10 and 600000",
+            ));
+        }
+        if t.fetch_per_minute == 0 {
+            return Err(ConfigError::at(
+                "token.fetch_per_minute",
+                "must be at least 1",
+            ));
+        }
+        let token = TokenSettings {
+            refresh_ahead: Duration::from_secs(t.refresh_ahead_secs),
+            lease_ttl: Duration::from_millis(t.lease_ttl_ms),
+            check_interval: Duration::from_millis(t.check_interval_ms),
+            wait_for_token: Duration::from_millis(t.wait_for_token_ms),
+            fetch_per_minute: t.fetch_per_minute,
+        };
+
         Ok(Settings {
             server: ServerSettings {
                 listen,
@@ -522,9 +625,7 @@ impl RawSettings {
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
             },
             store,
-            token: TokenSettings {
-                refresh_ahead: Duration::from_secs(self.token.refresh_ahead_secs),
-            },
+            token,
             apps,
             api_keys,
         })

@@ -30,7 +30,7 @@ fn minimal_config_with_defaults() {
     assert_eq!(s.upstream.base_url, "https://api.weixin.qq.com");
     assert_eq!(s.upstream.connect_timeout, Duration::from_secs(3));
     assert_eq!(s.upstream.request_timeout, Duration::from_secs(5));
-    assert_eq!(s.token.refresh_ahead, Duration::from_secs(300));
+    assert_eq!(s.token.refresh_ahead, Duration::from_secs(240));
     let app = &s.apps["shop"];
     assert_eq!(app.token_mode, TokenMode::Stable);
     assert_eq!(app.secret_source, "inline");
@@ -57,7 +57,10 @@ fn secret_from_file_and_env() {
     );
     let s = Settings::from_toml_str(&toml).unwrap();
     use secrecy::ExposeSecret;
-    assert_eq!(s.apps["shop"].secret.expose_secret(), "from-file");
+    assert_eq!(
+        s.apps["shop"].secret.as_ref().unwrap().expose_secret(),
+        "from-file"
+    );
     assert!(s.apps["shop"].secret_source.starts_with("file:"));
 
     check_err(
@@ -166,4 +169,60 @@ fn redis_store_settings() {
         &format!("{MINIMAL}\n[store]\nprefix = \"a{{b}}\""),
         "store.prefix",
     );
+}
+
+#[test]
+fn token_modes_scopes_and_leadership_settings() {
+    let redis = "\n[store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+    let external = MINIMAL.replace(
+        r#"secret = "s3cr3t-value""#,
+        "token_mode = \"external\"\nexternal_token_key = \"other-system:token:shop\"",
+    );
+    let s = Settings::from_toml_str(&format!("{external}{redis}")).unwrap();
+    assert_eq!(s.apps["shop"].token_mode, TokenMode::External);
+    assert!(s.apps["shop"].secret.is_none());
+    assert_eq!(
+        s.apps["shop"].external_token_key.as_deref(),
+        Some("other-system:token:shop")
+    );
+    assert!(s.apps["shop"].required);
+    assert_eq!(s.api_keys[0].scopes, vec![Scope::Send]);
+    assert_eq!(s.token.refresh_ahead, Duration::from_secs(240));
+    assert_eq!(s.token.lease_ttl, Duration::from_secs(15));
+
+    check_err(&external, "set store.kind = \"redis\"");
+    check_err(
+        &format!(
+            "{}{redis}",
+            MINIMAL.replace(r#"secret = "s3cr3t-value""#, "token_mode = \"external\"")
+        ),
+        "apps.shop.external_token_key: required",
+    );
+    check_err(
+        &format!(
+            "{}{redis}",
+            MINIMAL.replace(
+                "official_account\"",
+                "official_account\"\ntoken_mode = \"external\"\nexternal_token_key = \"k\""
+            )
+        ),
+        "apps.shop.secret: an external-token app needs no secret",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[token]\nlease_ttl_ms = 1000\ncheck_interval_ms = 1000"),
+        "token.lease_ttl_ms",
+    );
+    check_err(
+        &MINIMAL.replace(
+            r#"apps = ["shop"]"#,
+            "apps = [\"shop\"]\nscopes = [\"admin\"]",
+        ),
+        "api_keys.orders.scopes",
+    );
+    let tokens = Settings::from_toml_str(&MINIMAL.replace(
+        r#"apps = ["shop"]"#,
+        "apps = [\"shop\"]\nscopes = [\"send\", \"token\"]",
+    ))
+    .unwrap();
+    assert_eq!(tokens.api_keys[0].scopes, vec![Scope::Send, Scope::Token]);
 }

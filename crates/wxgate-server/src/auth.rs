@@ -6,7 +6,7 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use secrecy::ExposeSecret;
-use wxgate_config::ApiKey;
+use wxgate_config::{ApiKey, Scope};
 
 use crate::error::ApiError;
 
@@ -47,6 +47,26 @@ pub fn authenticate<'a>(req: &HttpRequest, keys: &'a [ApiKey]) -> Result<Caller<
 }
 
 impl Caller<'_> {
+    /// 403 unless the key has `scope`.
+    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.key.scopes.contains(&scope) {
+            return Ok(());
+        }
+        let what = match scope {
+            Scope::Send => "send messages",
+            Scope::Token => "use the token API",
+        };
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "API key `{}` may not {what} (scopes: {:?})",
+                self.key.name, self.key.scopes
+            ),
+        )
+        .field("Authorization"))
+    }
+
     /// 404 unless this caller may use `app` (and it exists: the caller checks that too).
     pub fn require_app(&self, app: &str) -> Result<(), ApiError> {
         if self.key.apps.allows(app) {

@@ -6,7 +6,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use wxgate_config::{App, AppKind};
+use wxgate_config::{App, AppKind, Scope};
 
 use crate::auth;
 use crate::body;
@@ -30,8 +30,14 @@ fn respond(req: &HttpRequest, result: Result<HttpResponse, ApiError>) -> HttpRes
     result.unwrap_or_else(|e| e.to_response(&RequestId::of(req)))
 }
 
-fn resolve_app<'a>(req: &HttpRequest, state: &'a AppState, app: &str) -> Result<&'a App, ApiError> {
+fn resolve_app<'a>(
+    req: &HttpRequest,
+    state: &'a AppState,
+    app: &str,
+    scope: Scope,
+) -> Result<&'a App, ApiError> {
     let caller = auth::authenticate(req, &state.settings.api_keys)?;
+    caller.require_scope(scope)?;
     let found = state
         .settings
         .apps
@@ -62,7 +68,7 @@ pub async fn send_template(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let result = async {
-        let app = resolve_app(&req, &state, &path)?;
+        let app = resolve_app(&req, &state, &path, Scope::Send)?;
         if app.kind != AppKind::OfficialAccount {
             return Err(wrong_kind(
                 app,
@@ -87,7 +93,7 @@ pub async fn send_subscribe(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let result = async {
-        let app = resolve_app(&req, &state, &path)?;
+        let app = resolve_app(&req, &state, &path, Scope::Send)?;
         let bytes =
             body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
         let msg = match app.kind {
@@ -130,14 +136,117 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready when the shared store answers. (Per-app token readiness arrives with the cluster token
 /// work.)
+/// Ready when the shared store answers and every app marked `required` (the default) has a
+/// usable access_token.
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    match state.store.ping().await {
-        Ok(()) => HttpResponse::Ok()
-            .json(serde_json::json!({ "status": "ready", "store": state.store.backend() })),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+    let not_ready = |msg: String| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", msg)
             .retryable(true)
-            .to_response(&RequestId::of(&req)),
+            .to_response(&RequestId::of(&req))
+    };
+    if let Err(e) = state.store.ping().await {
+        return not_ready(e.to_string());
     }
+    let mut missing = Vec::new();
+    for app in state.settings.apps.values().filter(|a| a.required) {
+        if !state.tokens.has_token(app).await {
+            missing.push(app.name.clone());
+        }
+    }
+    if !missing.is_empty() {
+        return not_ready(format!(
+            "no usable access_token yet for: {}",
+            missing.join(", ")
+        ));
+    }
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ready",
+        "store": state.store.backend(),
+        "node": state.tokens.node_id(),
+    }))
+}
+
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    /// Seconds left, like WeChat's own answer.
+    expires_in: u64,
+    expires_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invalidated: Option<bool>,
+    request_id: &'a str,
+}
+
+fn token_response(
+    req: &HttpRequest,
+    state: &AppState,
+    token: &crate::token::Token,
+    invalidated: Option<bool>,
+) -> HttpResponse {
+    let now = state.clock.now_ms();
+    let rid = RequestId::of(req);
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(TokenBody {
+            access_token: &token.value,
+            expires_in: token.expires_at_ms.saturating_sub(now).min(u64::MAX / 2) / 1000,
+            expires_at_ms: token.expires_at_ms,
+            invalidated,
+            request_id: &rid,
+        })
+}
+
+/// `GET /v1/apps/{app}/access_token`: the cluster's token, for internal services that call
+/// other WeChat APIs. Needs the `token` scope.
+pub async fn access_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let app = resolve_app(&req, &state, &path, Scope::Token)?;
+        let token = state.tokens.get(app).await.map_err(send::token_error)?;
+        Ok(token_response(&req, &state, &token, None))
+    }
+    .await;
+    respond(&req, result)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateBody {
+    access_token: String,
+}
+
+/// `POST /v1/apps/{app}/access_token/invalidate` with `{"access_token": "<the rejected one>"}`:
+/// the same single-flight recovery a send gets. Answers with the token to use now.
+pub async fn invalidate_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let app = resolve_app(&req, &state, &path, Scope::Token)?;
+        let bytes =
+            body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+        let b: InvalidateBody = body::decode(&bytes)?;
+        if b.access_token.is_empty() || b.access_token.len() > 2048 {
+            return Err(ApiError::invalid_field(
+                "access_token",
+                "`access_token` must be the rejected token (1 to 2048 characters)",
+            ));
+        }
+        let invalidated = state
+            .tokens
+            .report_bad(app, &b.access_token)
+            .await
+            .map_err(send::token_error)?;
+        let token = state.tokens.get(app).await.map_err(send::token_error)?;
+        Ok(token_response(&req, &state, &token, Some(invalidated)))
+    }
+    .await;
+    respond(&req, result)
 }
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {

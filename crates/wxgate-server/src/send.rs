@@ -295,5 +295,12 @@ pub fn token_error(e: TokenError) -> ApiError {
         )
         .retryable(true)
         .retry_after(1),
+        TokenError::Unavailable(msg) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_unavailable",
+            format!("{msg}; nothing was sent"),
+        )
+        .retryable(true)
+        .retry_after(1),
     }
 }

@@ -18,14 +18,14 @@ use wxgate_upstream::{UpstreamConfig, WechatClient};
 
 use crate::request_id;
 use crate::routes;
-use crate::token::TokenManager;
+use crate::token::{TokenConfig, TokenManager};
 
 /// Everything a handler needs, built once per process.
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Arc<dyn Store>,
     pub client: WechatClient,
-    pub tokens: TokenManager,
+    pub tokens: Arc<TokenManager>,
     pub clock: Arc<dyn Clock>,
     pub node_id: String,
 }
@@ -59,6 +59,8 @@ pub struct Application {
     addr: SocketAddr,
     server: Server,
     node_id: String,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    refresher: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -94,14 +96,25 @@ impl Application {
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             )
         });
-        let tokens = TokenManager::new(
+        let t = &settings.token;
+        let tokens = Arc::new(TokenManager::new(
             store.clone(),
             client.clone(),
             clock.clone(),
-            node_id.clone(),
-            settings.token.refresh_ahead.as_millis() as u64,
-            settings.apps.values().map(|a| a.appid.as_str()),
-        );
+            TokenConfig {
+                node_id: node_id.clone(),
+                refresh_ahead_ms: t.refresh_ahead.as_millis() as u64,
+                lease_ttl_ms: t.lease_ttl.as_millis() as u64,
+                check_interval: t.check_interval,
+                wait_for_token: t.wait_for_token,
+                fetch_per_minute: t.fetch_per_minute,
+            },
+            settings.apps.values(),
+        ));
+        // Every node runs the refresher; the lease decides which one fetches. It stops (and
+        // releases the leases) when the server stops.
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let refresher = tokio::spawn(tokens.clone().run_refresher(shutdown_rx));
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
         let state = web::Data::new(AppState {
@@ -127,6 +140,16 @@ impl Application {
                         .route(web::post().to(routes::send_subscribe))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
+                .service(
+                    web::resource("/v1/apps/{app}/access_token")
+                        .route(web::get().to(routes::access_token))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/apps/{app}/access_token/invalidate")
+                        .route(web::post().to(routes::invalidate_token))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
                 .route("/healthz", web::get().to(routes::healthz))
                 .route("/readyz", web::get().to(routes::readyz))
                 .default_service(web::to(routes::not_found))
@@ -147,6 +170,8 @@ impl Application {
             addr,
             server,
             node_id,
+            shutdown,
+            refresher,
         })
     }
 
@@ -167,8 +192,13 @@ impl Application {
         self.server.handle()
     }
 
+    /// Serves until stopped (signal or handle), then stops the token refresher, which
+    /// releases this node's leases, and waits for it.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        let _ = self.shutdown.send(true);
+        let _ = self.refresher.await;
+        result
     }
 }
 

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 
 use crate::memory::MemoryStore;
 use crate::{
-    Acquire, AcquireRequest, DailyQuota, IdemClaim, Limit, NewToken, Store, StoreError,
-    StoredToken, TokenWrite,
+    Acquire, AcquireRequest, DailyQuota, ExternalToken, IdemClaim, Limit, NewToken, Store,
+    StoreError, StoredToken, TokenWrite,
 };
 
 /// The policy when the store is unreachable.
@@ -63,6 +63,9 @@ impl Store for FallbackStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.primary.ping().await
+    }
+    async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
+        self.primary.read_external_token(key).await
     }
 
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError> {

@@ -173,6 +173,26 @@ pub enum Acquire {
     Blocked { until_ms: u64, reason: String },
 }
 
+/// A token read from a key another system owns.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExternalToken {
+    pub access_token: String,
+    /// From the hash's `expires_at_ms`, else the key's TTL; `None` when neither says.
+    pub expires_at_ms: Option<u64>,
+    /// The store's clock when it was read.
+    pub read_at_ms: u64,
+}
+
+impl fmt::Debug for ExternalToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalToken")
+            .field("access_token", &mask(&self.access_token))
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("read_at_ms", &self.read_at_ms)
+            .finish()
+    }
+}
+
 /// The answer of [`Store::claim_idempotency`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdemClaim {
@@ -207,6 +227,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Reads a token that another system keeps under `key` (any key name: it is the other
+    /// system's, not ours). `None` when the key is missing or holds no token.
+    async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError>;
 
     /// Takes one permit from every limit and quota of `req`, or none (see [`Acquire`]).
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError>;

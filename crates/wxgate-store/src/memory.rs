@@ -16,7 +16,8 @@ use crate::clock::{Clock, SystemClock};
 use wxgate_protocol::time::{beijing_day, next_beijing_midnight_ms};
 
 use crate::{
-    Acquire, AcquireRequest, IdemClaim, NewToken, Store, StoreError, StoredToken, TokenWrite,
+    Acquire, AcquireRequest, ExternalToken, IdemClaim, NewToken, Store, StoreError, StoredToken,
+    TokenWrite,
 };
 
 type AppKey = (String, String);
@@ -167,6 +168,12 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
+        Err(StoreError::Protocol(format!(
+            "external tokens are read from Redis; the memory store has no key `{key}`"
+        )))
     }
 
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError> {

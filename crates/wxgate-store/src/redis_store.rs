@@ -23,8 +23,8 @@ use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
 use crate::keys::Keys;
 use crate::{
-    Acquire, AcquireRequest, IdemClaim, NewToken, Store, StoreError, StoredToken, TokenSource,
-    TokenWrite,
+    Acquire, AcquireRequest, ExternalToken, IdemClaim, NewToken, Store, StoreError, StoredToken,
+    TokenSource, TokenWrite,
 };
 
 /// Where Redis is.
@@ -107,6 +107,7 @@ struct Scripts {
     idem_claim: Script,
     idem_complete: Script,
     idem_release: Script,
+    external_token_read: Script,
 }
 
 impl Scripts {
@@ -122,6 +123,7 @@ impl Scripts {
             idem_claim: Script::new(include_str!("lua/idem_claim.lua")),
             idem_complete: Script::new(include_str!("lua/idem_complete.lua")),
             idem_release: Script::new(include_str!("lua/idem_release.lua")),
+            external_token_read: Script::new(include_str!("lua/external_token_read.lua")),
         }
     }
 }
@@ -592,6 +594,30 @@ impl Store for RedisStore {
         inv.key(self.keys.token(appid)).arg(bad_token);
         let n: i64 = self.run(&inv).await?;
         Ok(n == 1)
+    }
+
+    async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
+        let mut inv = self.scripts.external_token_read.prepare_invoke();
+        inv.key(key);
+        let v: Vec<Value> = self.run(&inv).await?;
+        let kind = v.first().and_then(as_string).unwrap_or_default();
+        let token = v.get(1).and_then(as_string).unwrap_or_default();
+        let expires = match v.get(2) {
+            Some(Value::Int(i)) if *i >= 0 => Some(*i as u64),
+            _ => None,
+        };
+        let read_at_ms = v
+            .get(3)
+            .and_then(as_u64)
+            .ok_or_else(|| protocol("external token", &v))?;
+        if kind == "none" || token.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ExternalToken {
+            access_token: token,
+            expires_at_ms: expires,
+            read_at_ms,
+        }))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

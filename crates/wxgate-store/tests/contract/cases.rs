@@ -571,3 +571,46 @@ async fn keys_are_readable_namespaced_and_expire() {
     );
     assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
 }
+
+#[tokio::test]
+async fn external_tokens_are_read_from_any_key() {
+    require_redis();
+    let server = RedisServer::start();
+    let s = redis_store(Topology::Standalone { url: server.url() }, &prefix());
+    assert!(s
+        .read_external_token("other:missing")
+        .await
+        .unwrap()
+        .is_none());
+    server.cli(&["SET", "other:plain", "TOKEN-A", "PX", "60000"]);
+    let t = s.read_external_token("other:plain").await.unwrap().unwrap();
+    assert_eq!(t.access_token, "TOKEN-A");
+    let left = t.expires_at_ms.unwrap() - t.read_at_ms;
+    assert!((59_000..=60_000).contains(&left), "{left}");
+    server.cli(&[
+        "HSET",
+        "other:hash",
+        "access_token",
+        "TOKEN-B",
+        "expires_at_ms",
+        "4102444800000",
+    ]);
+    let t = s.read_external_token("other:hash").await.unwrap().unwrap();
+    assert_eq!(
+        (t.access_token.as_str(), t.expires_at_ms),
+        ("TOKEN-B", Some(4_102_444_800_000))
+    );
+    server.cli(&["SET", "other:forever", "TOKEN-C"]);
+    assert_eq!(
+        s.read_external_token("other:forever")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at_ms,
+        None
+    );
+    assert!(
+        MemoryStore::new().read_external_token("k").await.is_err(),
+        "memory has no external keys"
+    );
+}
