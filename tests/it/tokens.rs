@@ -164,3 +164,136 @@ async fn tokens_never_reach_the_caller() {
     assert!(!text.contains(demo::OA_SECRET), "{text}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn central_token_api_hands_out_the_clusters_token() {
+    let gw = spawn().await;
+    let r = gw
+        .request(
+            reqwest::Method::GET,
+            "/v1/apps/oa/access_token",
+            Some(API_KEY),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let fetched = gw.oa_calls_to(paths::STABLE_TOKEN);
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(
+        r.body["access_token"].as_str(),
+        fetched[0].access_token.as_deref()
+    );
+    let expires_in = r.body["expires_in"].as_u64().unwrap();
+    assert!((7_100..=7_200).contains(&expires_in), "{expires_in}");
+    // A key without the `token` scope may send but not read tokens.
+    let r = gw
+        .request(
+            reqwest::Method::GET,
+            "/v1/apps/oa/access_token",
+            Some(OA_ONLY_KEY),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{:?}", r.body);
+    assert!(!r
+        .body
+        .to_string()
+        .contains(fetched[0].access_token.as_deref().unwrap()));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn token_api_invalidate_triggers_one_refresh() {
+    let gw = spawn().await;
+    let get = |gw: &TestGateway| {
+        let http = gw.http.clone();
+        let url = format!("{}/v1/apps/oa/access_token", gw.url);
+        async move {
+            let v: serde_json::Value = http
+                .get(url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let old = get(&gw).await;
+    // Another service found the token bad (WeChat said 40001) and reports it, twice at once.
+    gw.fake_state().invalidate_tokens(demo::OA_APPID);
+    let report = serde_json::json!({ "access_token": old }).to_string();
+    let (a, b) = tokio::join!(
+        gw.request(
+            reqwest::Method::POST,
+            "/v1/apps/oa/access_token/invalidate",
+            Some(API_KEY),
+            Some(report.clone()),
+            "application/json"
+        ),
+        gw.request(
+            reqwest::Method::POST,
+            "/v1/apps/oa/access_token/invalidate",
+            Some(API_KEY),
+            Some(report.clone()),
+            "application/json"
+        ),
+    );
+    assert_eq!(
+        (a.status, b.status),
+        (200, 200),
+        "{:?} {:?}",
+        a.body,
+        b.body
+    );
+    let invalidated = [&a, &b]
+        .iter()
+        .filter(|r| r.body["invalidated"] == true)
+        .count();
+    assert_eq!(
+        invalidated, 1,
+        "compare-and-delete: only one report matched"
+    );
+    let new = a.body["access_token"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert_eq!(b.body["access_token"].as_str().unwrap(), new);
+    assert_eq!(gw.oa_calls_to(paths::STABLE_TOKEN).len(), 2, "one refresh");
+    // A late report of the old token changes nothing.
+    let r = gw
+        .request(
+            reqwest::Method::POST,
+            "/v1/apps/oa/access_token/invalidate",
+            Some(API_KEY),
+            Some(report),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["invalidated"].as_bool()),
+        (200, Some(false))
+    );
+    assert_eq!(get(&gw).await, new);
+    assert_eq!(gw.oa_calls_to(paths::STABLE_TOKEN).len(), 2);
+    // And the new token works for sends.
+    let r = send_ok(&gw).await;
+    assert_eq!(r.body["attempts"], 1);
+    let bad = gw
+        .request(
+            reqwest::Method::POST,
+            "/v1/apps/oa/access_token/invalidate",
+            Some(API_KEY),
+            Some("{\"token\":\"x\"}".into()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (400, Some("token"))
+    );
+    gw.stop().await;
+}

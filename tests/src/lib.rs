@@ -59,6 +59,7 @@ secret = "{mini_secret}"
 [api_keys.all]
 key = "{API_KEY}"
 apps = ["*"]
+scopes = ["send", "token"]
 
 [api_keys.oa-only]
 key = "{OA_ONLY_KEY}"
@@ -393,4 +394,79 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A `wxgate serve` process with its own config file, port and log file.
+pub struct GatewayProcess {
+    pub node_id: String,
+    pub url: String,
+    pub log: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl GatewayProcess {
+    /// Starts `wxgate serve` with `config` (TOML; `{port}` and `{node_id}` are filled in).
+    pub fn start(dir: &std::path::Path, node_id: &str, config: &str) -> GatewayProcess {
+        let port = free_port();
+        let cfg = dir.join(format!("{node_id}.toml"));
+        std::fs::write(
+            &cfg,
+            config
+                .replace("{port}", &port.to_string())
+                .replace("{node_id}", node_id),
+        )
+        .unwrap();
+        let log = dir.join(format!("{node_id}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn wxgate serve");
+        GatewayProcess {
+            node_id: node_id.to_string(),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            child: Some(ChildGuard(child)),
+        }
+    }
+
+    /// Kills the process at once (SIGKILL): no graceful stop, no lease release.
+    pub fn kill(&mut self) {
+        self.child.take();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not ready; its log:\n{}",
+                self.node_id,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A temp dir for one test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wxgate-it-{name}-{}", unique_prefix()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
