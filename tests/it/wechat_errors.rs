@@ -75,11 +75,49 @@ async fn token_rejected_twice_is_answered_after_one_retry() {
 }
 
 #[tokio::test]
-async fn backoff_class() {
+async fn backoff_class_is_retried_with_the_same_client_msg_id() {
+    // One -1: retried after a backoff, same client_msg_id, and it succeeds.
     let (gw, r) = injected(-1).await;
+    assert_eq!(
+        (r.status, r.body["attempts"].as_u64()),
+        (200, Some(2)),
+        "{:?}",
+        r.body
+    );
+    let sends = gw.calls_to(paths::TEMPLATE_SEND);
+    assert_eq!(sends.iter().map(|c| c.errcode).collect::<Vec<_>>(), [-1, 0]);
+    assert!(
+        sends[0].client_msg_id.is_some(),
+        "the gateway always sets client_msg_id"
+    );
+    assert_eq!(sends[0].client_msg_id, sends[1].client_msg_id);
+    // Busy for longer than the retry budget (3 attempts): a definite, retryable 503.
+    gw.fake_state()
+        .add_fault(fault(paths::TEMPLATE_SEND, -1, 10));
+    let r = gw
+        .post("/v1/apps/oa/messages/template", &template_body())
+        .await;
     check(&r, 503, "upstream_unavailable", true, Some(-1));
     assert!(r.header("retry-after").is_some());
-    assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 1);
+    assert_eq!(
+        gw.calls_to(paths::TEMPLATE_SEND).len(),
+        2 + 3,
+        "bounded attempts"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn backoff_class_is_not_retried_for_subscribe_sends() {
+    // subscribe/send has no de-duplication: a -1 may have landed, so it is not resent.
+    let gw = spawn().await;
+    gw.fake_state()
+        .add_fault(fault(paths::SUBSCRIBE_SEND, -1, 1));
+    let r = gw
+        .post("/v1/apps/mini/messages/subscribe", &mini_subscribe_body())
+        .await;
+    check(&r, 503, "upstream_unavailable", true, Some(-1));
+    assert_eq!(gw.calls_to(paths::SUBSCRIBE_SEND).len(), 1);
     gw.stop().await;
 }
 
@@ -218,28 +256,44 @@ async fn unclassified_errcode() {
 #[tokio::test]
 async fn dropped_connection_is_outcome_unknown_never_minus_one() {
     let gw = spawn().await;
-    let drop = |count| Fault {
-        path: Some(paths::TEMPLATE_SEND.into()),
+    let drop = |path: &str, count| Fault {
+        path: Some(path.into()),
         appid: None,
         count,
         action: FaultAction::Drop,
     };
-    gw.fake_state().add_fault(drop(1));
+    // A template send carries a client_msg_id: a dropped connection is retried safely.
+    gw.fake_state().add_fault(drop(paths::TEMPLATE_SEND, 1));
     let r = gw
         .post("/v1/apps/oa/messages/template", &template_body())
         .await;
+    assert_eq!(
+        (r.status, r.body["attempts"].as_u64()),
+        (200, Some(2)),
+        "{:?}",
+        r.body
+    );
+    // Dropped every time: after the bounded attempts, an unknown outcome (never -1), which
+    // the caller may retry because WeChat de-duplicates it.
+    gw.fake_state().add_fault(drop(paths::TEMPLATE_SEND, 10));
+    let r = gw
+        .post("/v1/apps/oa/messages/template", &template_body())
+        .await;
+    check(&r, 504, "upstream_outcome_unknown", true, None);
+    assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 2 + 3);
+    gw.fake_state().clear_faults();
+
+    // A subscribe send has no de-duplication: never retried blindly, not retryable.
+    gw.fake_state().add_fault(drop(paths::SUBSCRIBE_SEND, 1));
+    let r = gw
+        .post("/v1/apps/mini/messages/subscribe", &mini_subscribe_body())
+        .await;
     check(&r, 504, "upstream_outcome_unknown", false, None);
     assert_eq!(
-        gw.calls_to(paths::TEMPLATE_SEND).len(),
+        gw.calls_to(paths::SUBSCRIBE_SEND).len(),
         1,
         "never retried blindly"
     );
-
-    gw.fake_state().add_fault(drop(1));
-    let mut body = template_body();
-    body["client_msg_id"] = "dedup-me".into();
-    let r = gw.post("/v1/apps/oa/messages/template", &body).await;
-    check(&r, 504, "upstream_outcome_unknown", true, None);
     gw.stop().await;
 }
 

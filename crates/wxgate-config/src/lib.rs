@@ -13,6 +13,7 @@
 //! - this module: the validated [`Settings`] the server runs on, and [`ConfigError`].
 
 mod raw;
+pub mod sending;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub store: StoreSettings,
     pub token: TokenSettings,
+    pub sending: sending::SendingSettings,
+    /// `server.environment`: selects the registered templates' ids.
+    pub environment: String,
     /// Apps by their wxgate name (the `{app}` of the URL).
     pub apps: BTreeMap<String, App>,
     pub api_keys: Vec<ApiKey>,
@@ -121,6 +125,11 @@ pub struct App {
     pub external_token_key: Option<String>,
     /// `/readyz` requires a usable token for this app.
     pub required: bool,
+    pub limits: sending::AppLimits,
+    /// Registered templates by alias.
+    pub templates: BTreeMap<String, sending::TemplateDef>,
+    /// Refuse unregistered `template_id`s.
+    pub strict_templates: bool,
 }
 
 /// Which apps an API key may use.

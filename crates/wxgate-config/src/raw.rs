@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sending::{self, RawAppLimits, RawIdempotency, RawRetry, RawSending, RawTemplate};
 use crate::{
     resolve_optional_secret, resolve_secret, ApiKey, App, AppScope, ConfigError, RedisSettings,
     ServerSettings, Settings, StoreSettings, TokenSettings, UpstreamSettings,
@@ -19,6 +20,11 @@ pub(crate) struct RawSettings {
     upstream: RawUpstream,
     store: RawStore,
     token: RawToken,
+    limits: RawSending,
+    retry: RawRetry,
+    idempotency: RawIdempotency,
+    /// Environment name → glob every template id of that environment must match.
+    template_id_patterns: BTreeMap<String, String>,
     apps: BTreeMap<String, RawApp>,
     api_keys: BTreeMap<String, RawApiKey>,
 }
@@ -26,6 +32,8 @@ pub(crate) struct RawSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
+    /// Selects each registered template's id (`ids.<environment>`).
+    environment: String,
     listen: String,
     workers: usize,
     max_body_bytes: usize,
@@ -36,6 +44,7 @@ struct RawServer {
 impl Default for RawServer {
     fn default() -> Self {
         Self {
+            environment: "default".into(),
             listen: "0.0.0.0:8080".into(),
             workers: 2,
             max_body_bytes: 64 * 1024,
@@ -321,6 +330,17 @@ struct RawApp {
     /// `/readyz` needs a usable token for this app.
     #[serde(default = "yes")]
     required: bool,
+    #[serde(default)]
+    limits: RawAppLimits,
+    /// API name → calls per Beijing day.
+    #[serde(default)]
+    quotas: BTreeMap<String, u64>,
+    /// Registered templates by alias.
+    #[serde(default)]
+    templates: BTreeMap<String, RawTemplate>,
+    /// Refuse `template_id`s that are not registered.
+    #[serde(default)]
+    strict_templates: bool,
 }
 
 fn yes() -> bool {
@@ -478,6 +498,19 @@ impl RawSettings {
                         .map_err(|e| ConfigError(format!("apps.{name}.{}", e.0)))?;
                 (Some(s), src)
             };
+            let limits = sending::app_limits(&name, app.limits, app.quotas)?;
+            let templates = sending::templates(
+                &name,
+                app.templates,
+                &self.server.environment,
+                &self.template_id_patterns,
+            )?;
+            if app.strict_templates && templates.is_empty() {
+                return Err(ConfigError::at(
+                    at("strict_templates"),
+                    "register templates first",
+                ));
+            }
             apps.insert(
                 name.clone(),
                 App {
@@ -489,6 +522,9 @@ impl RawSettings {
                     secret_source,
                     external_token_key: app.external_token_key,
                     required: app.required,
+                    limits,
+                    templates,
+                    strict_templates: app.strict_templates,
                 },
             );
         }
@@ -610,6 +646,15 @@ impl RawSettings {
             fetch_per_minute: t.fetch_per_minute,
         };
 
+        let sending = sending::sending(self.limits, self.retry, self.idempotency)?;
+        if self.server.environment.is_empty() || !valid_name(&self.server.environment) {
+            return Err(ConfigError::at(
+                "server.environment",
+                "1-64 chars of a-z, 0-9, '-' and '_'",
+            ));
+        }
+        let environment = self.server.environment.clone();
+
         Ok(Settings {
             server: ServerSettings {
                 listen,
@@ -626,6 +671,8 @@ impl RawSettings {
             },
             store,
             token,
+            sending,
+            environment,
             apps,
             api_keys,
         })

@@ -84,8 +84,9 @@ fn default_app_kind() -> AppKind {
 }
 
 /// Per-app limits. `0` (or absent) means unlimited. Per-minute limits count per calendar
-/// minute of the fake's clock, per-day limits per Beijing calendar day, as WeChat does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// minute of the fake's clock (or per calendar window of [`Limits::window_ms`]), per-day
+/// limits per Beijing calendar day, as WeChat does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub template_send_per_minute: u64,
@@ -96,6 +97,44 @@ pub struct Limits {
     pub token_per_day: u64,
     pub stable_token_per_minute: u64,
     pub stable_token_per_day: u64,
+    /// Length of the "minute" every `*_per_minute` limit of this app counts in, in
+    /// milliseconds: calls are counted per calendar window `floor(now_ms / window_ms)` of the
+    /// fake's clock (windows aligned to the unix epoch), and a call over the limit is answered
+    /// 45011 as usual. Default (and absent) 60000, WeChat's calendar minute; `0` also means
+    /// 60000. Tests set it shorter (e.g. 2000) to see a limit recover without a minute's wait.
+    /// Per-day limits are not affected.
+    pub window_ms: u64,
+}
+
+/// WeChat's calendar minute, the default [`Limits::window_ms`].
+const DEFAULT_WINDOW_MS: u64 = 60_000;
+
+impl Default for Limits {
+    /// Everything unlimited, counted per calendar minute.
+    fn default() -> Self {
+        Limits {
+            template_send_per_minute: 0,
+            template_send_per_day: 0,
+            subscribe_send_per_minute: 0,
+            subscribe_send_per_day: 0,
+            token_per_day: 0,
+            stable_token_per_minute: 0,
+            stable_token_per_day: 0,
+            window_ms: DEFAULT_WINDOW_MS,
+        }
+    }
+}
+
+impl Limits {
+    /// The window the `*_per_minute` limits count in: [`Limits::window_ms`], with `0` read as
+    /// 60000.
+    pub fn effective_window_ms(&self) -> u64 {
+        if self.window_ms == 0 {
+            DEFAULT_WINDOW_MS
+        } else {
+            self.window_ms
+        }
+    }
 }
 
 /// Template message (OA) or subscribe message template.
@@ -319,6 +358,28 @@ mod tests {
         assert_eq!(back.apps.len(), 2);
         assert_eq!(back.apps[1].kind, AppKind::MiniProgram);
         assert_eq!(back.apps[0].limits, demo.apps[0].limits);
+        assert_eq!(back.apps[0].limits.window_ms, 60_000);
+    }
+
+    #[test]
+    fn window_defaults_to_a_minute_and_zero_means_a_minute() {
+        assert_eq!(Limits::default().window_ms, 60_000);
+        let c = FakeConfig::from_toml_str(
+            "[[apps]]\nappid = \"a\"\nsecret = \"s\"\n[apps.limits]\ntemplate_send_per_minute = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].limits.window_ms, 60_000);
+        let c = FakeConfig::from_toml_str(
+            "[[apps]]\nappid = \"a\"\nsecret = \"s\"\n[apps.limits]\nwindow_ms = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].limits.window_ms, 0);
+        assert_eq!(c.apps[0].limits.effective_window_ms(), 60_000);
+        let c = FakeConfig::from_toml_str(
+            "[[apps]]\nappid = \"a\"\nsecret = \"s\"\n[apps.limits]\nwindow_ms = 2000\n",
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].limits.effective_window_ms(), 2000);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!
 //! What it imitates (see `wechat-api.md` §1–§5): classic and stable access tokens with their
 //! overlap, rotation, `force_refresh` rules and independence; token expiry (42001) and
-//! invalidation (40001); per-calendar-minute and per-Beijing-day limits (45011, 45009); openid,
+//! invalidation (40001); per-calendar-minute and per-Beijing-day limits (45011, 45009), the
+//! "minute" being configurable per app for tests ([`Limits::window_ms`]: calls count per
+//! calendar window `floor(now_ms / window_ms)` of the fake's clock, 60000 by default); openid,
 //! template and `data` validation (40003, 40037, 47003); followers (43004) and one-time or
 //! long-term subscriptions (43101); `client_msg_id` de-duplication; 64-bit `msgid`s above
 //! 2^53. The exact check order and what counts against a limit are documented in `world`.
@@ -23,7 +25,9 @@
 //!   as JSON through the control API).
 //! - `server`: the actix-web server ([`FakeWechat`]), the handle on its state
 //!   ([`FakeState`]) and the `/_fake/` control API: `GET|DELETE /_fake/calls` (query `path`,
-//!   `appid`, `since_seq`), `POST|DELETE /_fake/faults`, `GET|POST /_fake/clock`
+//!   `appid`, `since_seq`), `POST|DELETE /_fake/faults`
+//!   (answer an errcode, add latency, `drop` the connection unprocessed, or
+//!   `drop_after_processing`: handle the call fully, then drop the connection), `GET|POST /_fake/clock`
 //!   (`{"advance_ms":N}`), `POST /_fake/apps/{appid}/invalidate_tokens`, `GET /_fake/health`.
 //!
 //! Every answer on a WeChat path is HTTP 200 with WeChat's JSON, except an unknown path (404,

@@ -27,9 +27,12 @@ pub struct CallRecord {
     /// A template send answered with the msgid of an earlier send with the same openid and
     /// `client_msg_id`: the user got no second message.
     pub deduplicated: bool,
-    /// The connection was dropped by a fault: the caller got no answer (and nothing was sent).
+    /// The connection was dropped by a fault: the caller got no answer. After `"drop"` nothing
+    /// was processed (errcode -1); after `"drop_after_processing"` the call was processed and
+    /// `errcode`/`msgid` are what the answer would have said.
     pub dropped: bool,
-    /// `"errcode"`, `"latency"` or `"drop"` when a fault applied to this call.
+    /// `"errcode"`, `"latency"`, `"drop"` or `"drop_after_processing"` when a fault applied to
+    /// this call.
     pub fault: Option<String>,
 }
 
@@ -67,6 +70,11 @@ pub enum FaultAction {
     Latency { ms: u64 },
     /// Close the connection without a complete response; nothing is processed.
     Drop,
+    /// Handle the call completely and normally (limits counted, message sent, msgid assigned,
+    /// `client_msg_id` kept for de-duplication, record written with the real errcode and
+    /// msgid), then close the connection without answering, as [`FaultAction::Drop`] does:
+    /// WeChat accepted the call but the caller never learned it.
+    DropAfterProcessing,
 }
 
 impl FaultAction {
@@ -75,6 +83,7 @@ impl FaultAction {
             FaultAction::Errcode { .. } => "errcode",
             FaultAction::Latency { .. } => "latency",
             FaultAction::Drop => "drop",
+            FaultAction::DropAfterProcessing => "drop_after_processing",
         }
     }
 }

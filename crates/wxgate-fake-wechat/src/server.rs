@@ -264,7 +264,8 @@ fn respond(answer: Answer) -> HttpResponse {
 
 /// A response whose body stream fails at once: actix closes the connection before it has
 /// written anything, so the client sees an empty reply (`curl: Empty reply from server`,
-/// reqwest: an error from `send`), as when WeChat or a proxy drops a connection.
+/// reqwest: an error from `send`), as when WeChat or a proxy drops a connection. Used by both
+/// `drop` and `drop_after_processing` faults.
 fn dropped() -> HttpResponse {
     let stream = futures_util::stream::once(async {
         Err::<web::Bytes, io::Error>(io::Error::new(

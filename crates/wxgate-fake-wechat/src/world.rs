@@ -12,15 +12,22 @@
 //! follower (43004) → subscription (43101). Faults are matched after the token check, so
 //! their `appid` filter and the record both know the app; a call with a bad token is answered
 //! by the token check and consumes no fault. On the token endpoints faults are matched first,
-//! against the appid the call names, so token fetching itself can be made to fail.
+//! against the appid the call names, so token fetching itself can be made to fail. A
+//! `drop_after_processing` fault is taken at the same point but does not stop the call: it is
+//! handled to the end as if there were no fault (and recorded so), then its answer is replaced
+//! by a broken connection.
 //!
 //! What counts against a limit: a call counts toward its API's minute and day counters when it
 //! got past the body check and both counters admitted it. Calls answered by an injected fault
-//! or refused with 45011/45009 count toward nothing; calls that then fail validation (40003,
+//! (other than `drop_after_processing`, which counts like an unfaulted call) or refused with
+//! 45011/45009 count toward nothing; calls that then fail validation (40003,
 //! 40037, 47003, 43004, 43101) count, and so do de-duplicated replays (WeChat counts calls, and
 //! a fake that is stricter than WeChat keeps the gateway honest). On the token endpoints a
 //! call counts once its appid and secret are right; every admitted `force_refresh=true` call
 //! counts toward `force_refresh_per_day`, whether or not it refreshed.
+//!
+//! "Minute" counters count per calendar window `floor(now_ms / window_ms)` of the fake's clock,
+//! with the app's [`Limits::window_ms`] (60000 by default: WeChat's calendar minute).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -239,34 +246,42 @@ impl Token {
     }
 }
 
-/// Calls admitted in the current calendar minute and Beijing day.
+/// Calls admitted in the current calendar window (a minute unless the app's
+/// [`Limits::window_ms`] says otherwise) and Beijing day.
 #[derive(Default)]
 struct Counter {
-    minute: u64,
-    in_minute: u64,
+    window: u64,
+    in_window: u64,
     day: u64,
     in_day: u64,
 }
 
 impl Counter {
     /// Counts the call if both limits admit it (0 = unlimited), else answers 45011 or 45009.
-    fn admit(&mut self, per_minute: u64, per_day: u64, now: u64) -> Result<(), i64> {
-        let (minute, day) = (time::minute(now), time::beijing_day(now));
-        if self.minute != minute {
-            self.minute = minute;
-            self.in_minute = 0;
+    /// `per_window` applies per calendar window `floor(now / window_ms)` (`window_ms` > 0).
+    fn admit(
+        &mut self,
+        per_window: u64,
+        per_day: u64,
+        window_ms: u64,
+        now: u64,
+    ) -> Result<(), i64> {
+        let (window, day) = (now / window_ms.max(1), time::beijing_day(now));
+        if self.window != window {
+            self.window = window;
+            self.in_window = 0;
         }
         if self.day != day {
             self.day = day;
             self.in_day = 0;
         }
-        if per_minute > 0 && self.in_minute >= per_minute {
+        if per_window > 0 && self.in_window >= per_window {
             return Err(45011);
         }
         if per_day > 0 && self.in_day >= per_day {
             return Err(45009);
         }
-        self.in_minute += 1;
+        self.in_window += 1;
         self.in_day += 1;
         Ok(())
     }
@@ -330,6 +345,8 @@ struct App {
     kind: AppKind,
     accept_any_openid: bool,
     limits: Limits,
+    /// [`Limits::effective_window_ms`], never 0.
+    window_ms: u64,
     templates: Vec<Template>,
     template_index: HashMap<String, usize>,
     users: HashMap<String, User>,
@@ -365,6 +382,8 @@ struct Rec {
     deduplicated: bool,
     dropped: bool,
     fault: Option<&'static str>,
+    /// A `drop_after_processing` fault applies: process normally, then break the connection.
+    drop_after_processing: bool,
 }
 
 impl Rec {
@@ -445,6 +464,7 @@ impl World {
                 kind: a.kind,
                 accept_any_openid: a.accept_any_openid,
                 limits: a.limits.clone(),
+                window_ms: a.limits.effective_window_ms(),
                 templates: a
                     .templates
                     .iter()
@@ -597,9 +617,10 @@ impl World {
             deduplicated: false,
             dropped: false,
             fault: latency_applied.then_some("latency"),
+            drop_after_processing: false,
         };
         let check_faults = !latency_applied;
-        let outcome = match (req.api, &req.params) {
+        let mut outcome = match (req.api, &req.params) {
             (
                 Api::Token,
                 Params::Token {
@@ -661,6 +682,12 @@ impl World {
             }
             Outcome::Answer(_) => {}
         }
+        // Processed and recorded as answered (errcode, msgid, de-duplication entry), but the
+        // caller never hears it.
+        if rec.drop_after_processing && matches!(outcome, Outcome::Answer(_)) {
+            rec.dropped = true;
+            outcome = Outcome::Drop;
+        }
         // The message fields are recorded whatever the answer (a faulted or refused send
         // still shows whom it was for), moved rather than copied: the call is over.
         if let Params::Send { body: Ok(body), .. } = &mut req.params {
@@ -681,7 +708,8 @@ impl World {
         self.records.push_back(rec);
     }
 
-    /// Takes one use of the first matching fault and turns it into an outcome.
+    /// Takes one use of the first matching fault and turns it into an outcome; `None` also
+    /// for `drop_after_processing`, which only marks `rec` and lets the call go on.
     fn fault(&mut self, path: &str, appid: Option<&str>, rec: &mut Rec) -> Option<Outcome> {
         let i = self.faults.iter().position(|f| {
             f.count > 0
@@ -705,6 +733,10 @@ impl World {
             }),
             FaultAction::Latency { ms } => Outcome::Latency(ms),
             FaultAction::Drop => Outcome::Drop,
+            FaultAction::DropAfterProcessing => {
+                rec.drop_after_processing = true;
+                return None;
+            }
         })
     }
 
@@ -736,7 +768,10 @@ impl World {
             Err(code) => return fail(code),
         };
         let a = &mut self.apps[app];
-        if let Err(code) = a.token_counter.admit(0, a.limits.token_per_day, now) {
+        if let Err(code) = a
+            .token_counter
+            .admit(0, a.limits.token_per_day, a.window_ms, now)
+        {
             return fail(code);
         }
         // The one before the previous dies now; the previous lives through the overlap.
@@ -830,7 +865,7 @@ impl World {
             a.limits.stable_token_per_minute,
             a.limits.stable_token_per_day,
         );
-        if let Err(code) = a.stable_counter.admit(limits.0, limits.1, now) {
+        if let Err(code) = a.stable_counter.admit(limits.0, limits.1, a.window_ms, now) {
             return fail(code);
         }
         let current = a
@@ -941,11 +976,13 @@ impl World {
             Api::TemplateSend => a.template_counter.admit(
                 a.limits.template_send_per_minute,
                 a.limits.template_send_per_day,
+                a.window_ms,
                 now,
             ),
             _ => a.subscribe_counter.admit(
                 a.limits.subscribe_send_per_minute,
                 a.limits.subscribe_send_per_day,
+                a.window_ms,
                 now,
             ),
         };

@@ -1,7 +1,7 @@
 //! The fake over real HTTP on 127.0.0.1:0, with reqwest, as the gateway and the integration
 //! tests will use it. Time moves only through the fake's clock control, never by sleeping.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -1155,4 +1155,180 @@ fn toml_demo() -> String {
         demo::OA_APPID,
         demo::OA_SECRET
     )
+}
+
+/// Moves the fake's clock to the start of the next calendar window of `window_ms` (aligned to
+/// the unix epoch, as the fake counts).
+fn align_to_window(state: &FakeState, window_ms: u64) {
+    let now = state.now_ms();
+    let next = (now / window_ms + 1) * window_ms;
+    state.advance_clock(Duration::from_millis(next - now));
+}
+
+#[tokio::test]
+async fn per_minute_limit_counts_per_configured_window() {
+    const WINDOW: u64 = 2000;
+    let mut c = config();
+    c.apps[0].limits = Limits {
+        template_send_per_minute: 3,
+        window_ms: WINDOW,
+        ..Limits::default()
+    };
+    let fx = Fx::start(c).await;
+    let state = fx.state();
+    let token = fx.stable_token(OA, OA_SECRET).await;
+    // The clock also runs on its own: if real time crossed a window boundary during the four
+    // calls (a very slow machine), the next window starts afresh and the round is repeated.
+    let mut rounds = 0;
+    let codes = loop {
+        rounds += 1;
+        align_to_window(&state, WINDOW);
+        let since = state.calls().last().map_or(0, |c| c.seq);
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(errcode(
+                &fx.send(TEMPLATE_SEND, &token, &order("o-follower")).await,
+            ));
+        }
+        let windows: HashSet<u64> = state
+            .calls()
+            .iter()
+            .filter(|c| c.seq > since)
+            .map(|c| c.at_ms / WINDOW)
+            .collect();
+        if windows.len() == 1 || rounds == 5 {
+            break codes;
+        }
+    };
+    assert_eq!(codes, [0, 0, 0, 45011]);
+    // The next 2 s window admits again: no calendar minute to wait for.
+    align_to_window(&state, WINDOW);
+    let v = fx.send(TEMPLATE_SEND, &token, &order("o-follower")).await;
+    assert_eq!(errcode(&v), 0, "{v}");
+    assert!(v["msgid"].as_u64().is_some());
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn toml_without_window_ms_counts_per_calendar_minute() {
+    let text = format!(
+        r#"
+[[apps]]
+appid = "{OA}"
+secret = "{OA_SECRET}"
+[apps.limits]
+template_send_per_minute = 2
+[[apps.templates]]
+template_id = "t-order"
+kind = "template"
+content = "订单号:{{{{character_string1.DATA}}}}\n商品:{{{{thing2.DATA}}}}"
+[[apps.users]]
+openid = "o-follower"
+follows = true
+"#
+    );
+    let c = FakeConfig::from_toml_str(&text).unwrap();
+    assert_eq!(c.apps[0].limits.window_ms, 60_000);
+    assert_eq!(
+        c.apps[0].limits,
+        Limits {
+            template_send_per_minute: 2,
+            ..Limits::default()
+        }
+    );
+    let fx = Fx::start(c).await;
+    let state = fx.state();
+    let token = fx.stable_token(OA, OA_SECRET).await;
+    align_to_minute(&state);
+    for expected in [0, 0, 45011] {
+        assert_eq!(
+            errcode(&fx.send(TEMPLATE_SEND, &token, &order("o-follower")).await),
+            expected
+        );
+    }
+    // 2 s (or 30 s) later is still the same calendar minute.
+    for advance_ms in [2_000, 28_000] {
+        state.advance_clock(Duration::from_millis(advance_ms));
+        assert_eq!(
+            errcode(&fx.send(TEMPLATE_SEND, &token, &order("o-follower")).await),
+            45011
+        );
+    }
+    align_to_minute(&state);
+    assert_eq!(
+        errcode(&fx.send(TEMPLATE_SEND, &token, &order("o-follower")).await),
+        0
+    );
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn drop_after_processing_sends_once_and_dedups_the_retry() {
+    let mut c = config();
+    c.apps[1].limits.subscribe_send_per_minute = 1;
+    let fx = Fx::start(c).await;
+    let state = fx.state();
+    let token = fx.stable_token(OA, OA_SECRET).await;
+    state.add_fault(Fault {
+        path: Some(TEMPLATE_SEND.into()),
+        appid: Some(OA.into()),
+        count: 1,
+        action: FaultAction::DropAfterProcessing,
+    });
+    let mut body = order("o-follower");
+    body["client_msg_id"] = json!("req-dropped");
+    let url = format!("{}{TEMPLATE_SEND}?access_token={token}", fx.base);
+    let result = fx.http.post(&url).json(&body).send().await;
+    let error = result.expect_err("the answer must be dropped");
+    assert!(!error.is_status() && !error.is_decode(), "{error:?}");
+
+    // WeChat processed it: the record shows the real send, with its msgid.
+    let processed = state.calls().last().unwrap().clone();
+    assert_eq!(processed.path, TEMPLATE_SEND);
+    assert!(processed.dropped);
+    assert_eq!(processed.fault.as_deref(), Some("drop_after_processing"));
+    assert_eq!((processed.errcode, processed.errmsg.as_str()), (0, "ok"));
+    assert!(!processed.deduplicated);
+    assert_eq!(processed.client_msg_id.as_deref(), Some("req-dropped"));
+    let msgid = processed.msgid.expect("a processed send has a msgid");
+
+    // The gateway's retry with the same client_msg_id learns the original msgid.
+    let again = fx.send(TEMPLATE_SEND, &token, &body).await;
+    assert_eq!((errcode(&again), again["msgid"].as_u64()), (0, Some(msgid)));
+    let retry = state.calls().last().unwrap().clone();
+    assert!(retry.deduplicated && !retry.dropped && retry.fault.is_none());
+    assert_eq!(retry.msgid, Some(msgid));
+    // The user got exactly one message.
+    let sent: Vec<CallRecord> = state
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == TEMPLATE_SEND && c.errcode == 0 && !c.deduplicated)
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].msgid, Some(msgid));
+
+    // It counts against the limits like any processed call, and works over the control API.
+    let mp = fx.stable_token(MINI, MINI_SECRET).await;
+    align_to_minute(&state);
+    let r = fx
+        .http
+        .post(format!("{}/_fake/faults", fx.base))
+        .json(&json!({"path": SUBSCRIBE_SEND, "action": "drop_after_processing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let url = format!("{}{SUBSCRIBE_SEND}?access_token={mp}", fx.base);
+    let result = fx.http.post(&url).json(&mini("o-mini-lt")).send().await;
+    assert!(result.is_err(), "{result:?}");
+    let last = state.calls().last().unwrap().clone();
+    assert_eq!(
+        (last.errcode, last.dropped, last.fault.as_deref()),
+        (0, true, Some("drop_after_processing"))
+    );
+    assert_eq!(
+        errcode(&fx.send(SUBSCRIBE_SEND, &mp, &mini("o-mini-lt")).await),
+        45011
+    );
+    fx.stop().await;
 }

@@ -33,6 +33,19 @@ pub fn beijing_yyyymmdd(unix_ms: u64) -> String {
     format!("{y:04}{m:02}{d:02}")
 }
 
+/// `2026-11-27T16:00:00Z` for a unix time in ms (second precision, UTC).
+pub fn utc_rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -62,6 +75,12 @@ mod tests {
             next_beijing_midnight_ms(before + 1),
             before + 1 + 86_400_000
         );
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(utc_rfc3339(1_795_708_800_000), "2026-11-26T16:00:00Z");
+        assert_eq!(utc_rfc3339(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]

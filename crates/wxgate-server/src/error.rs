@@ -119,6 +119,19 @@ impl ApiError {
         e
     }
 
+    /// The JSON body (for storing under an idempotency key).
+    pub fn body_json(&self, request_id: &str) -> serde_json::Value {
+        serde_json::to_value(Body {
+            code: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+            wechat_errcode: self.wechat_errcode,
+            retryable: self.retryable,
+            request_id,
+        })
+        .unwrap_or_default()
+    }
+
     /// Answers with the JSON body and headers. `request_id` is echoed in the body.
     pub fn to_response(&self, request_id: &str) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status);

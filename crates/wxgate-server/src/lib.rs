@@ -17,6 +17,7 @@
 mod auth;
 mod body;
 pub mod error;
+mod registry;
 mod request_id;
 mod routes;
 mod send;

@@ -1,18 +1,24 @@
 //! Handlers. Each one runs the same checks in the same order — authenticate (401), resolve the
 //! app within the key's scope (404), check the API fits the app's kind (400), read the body
-//! (415/413), decode it strictly (400), validate it (422) — before anything is sent, so bad
-//! input never reaches WeChat and changes nothing.
+//! (415/413), decode it strictly (400), validate it (422), check it against the template
+//! registry (422) — before any idempotency claim, permit or upstream call, so bad input never
+//! reaches WeChat and changes nothing.
+
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
+use wxgate_config::sending::TemplateKind;
 use wxgate_config::{App, AppKind, Scope};
+use wxgate_protocol::wire::{BizsendMessage, SubscribeMessage, TemplateMessage};
+use wxgate_store::IdemClaim;
 
 use crate::auth;
 use crate::body;
 use crate::error::ApiError;
 use crate::request_id::RequestId;
-use crate::send::{self, Outgoing};
+use crate::send::{self, Outgoing, SendOptions};
 use crate::startup::AppState;
 use crate::validate;
 
@@ -36,6 +42,16 @@ fn resolve_app<'a>(
     app: &str,
     scope: Scope,
 ) -> Result<&'a App, ApiError> {
+    resolve_caller(req, state, app, scope).map(|(app, _)| app)
+}
+
+/// The app, and the name of the caller's API key.
+fn resolve_caller<'a>(
+    req: &HttpRequest,
+    state: &'a AppState,
+    app: &str,
+    scope: Scope,
+) -> Result<(&'a App, &'a str), ApiError> {
     let caller = auth::authenticate(req, &state.settings.api_keys)?;
     caller.require_scope(scope)?;
     let found = state
@@ -44,7 +60,7 @@ fn resolve_app<'a>(
         .get(app)
         .ok_or_else(|| auth::app_not_found(app))?;
     caller.require_app(app)?;
-    Ok(found)
+    Ok((found, caller.key.name.as_str()))
 }
 
 fn wrong_kind(app: &App, what: &str, needs: AppKind) -> ApiError {
@@ -61,14 +77,49 @@ fn wrong_kind(app: &App, what: &str, needs: AppKind) -> ApiError {
     .field("app")
 }
 
+/// `Idempotency-Key`: 1 to 128 printable ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::invalid_request(
+            Some("Idempotency-Key".into()),
+            "`Idempotency-Key` must be 1 to 128 printable ASCII characters without spaces",
+        )),
+    }
+}
+
+/// `Prefer: wait=N` (RFC 7240): wait up to N seconds for a permit, capped by configuration.
+fn prefer_wait(req: &HttpRequest, cap: Duration) -> Option<Duration> {
+    let prefer = req.headers().get("prefer")?.to_str().ok()?;
+    prefer
+        .split([',', ';'])
+        .filter_map(|p| p.trim().strip_prefix("wait="))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .map(|n| Duration::from_secs(n).min(cap))
+        .next()
+}
+
+/// FNV-1a: a stable hash, so every replica derives the same `client_msg_id` from one key.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 pub async fn send_template(
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let started = Instant::now();
     let result = async {
-        let app = resolve_app(&req, &state, &path, Scope::Send)?;
+        let (app, caller) = resolve_caller(&req, &state, &path, Scope::Send)?;
         if app.kind != AppKind::OfficialAccount {
             return Err(wrong_kind(
                 app,
@@ -76,11 +127,36 @@ pub async fn send_template(
                 AppKind::OfficialAccount,
             ));
         }
+        let header_key = idempotency_key(&req)?;
         let bytes =
             body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
-        let msg = body::decode(&bytes)?;
+        let mut msg: TemplateMessage = body::decode(&bytes)?;
         validate::template(&msg)?;
-        deliver(&req, &state, app, Outgoing::Template(msg)).await
+        msg.template_id =
+            state
+                .registry
+                .check(app, &msg.template_id, TemplateKind::Template, &msg.data)?;
+        // The caller's key (header, else its client_msg_id) makes the request idempotent.
+        let idem = header_key.or_else(|| msg.client_msg_id.clone());
+        // WeChat de-duplicates on client_msg_id: always set one, so a retry after an unknown
+        // outcome cannot notify the user twice. Derived from the idempotency key when there is
+        // one (every replica derives the same), else fresh.
+        if msg.client_msg_id.is_none() {
+            msg.client_msg_id = Some(match &idem {
+                Some(k) => format!("wxg-{:016x}", fnv1a(&format!("{caller}\u{0}{k}"))),
+                None => format!("wxg-{}", uuid::Uuid::new_v4().simple()),
+            });
+        }
+        deliver(
+            &req,
+            &state,
+            app,
+            caller,
+            idem,
+            Outgoing::Template(msg),
+            started,
+        )
+        .await
     }
     .await;
     respond(&req, result)
@@ -92,42 +168,151 @@ pub async fn send_subscribe(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let started = Instant::now();
     let result = async {
-        let app = resolve_app(&req, &state, &path, Scope::Send)?;
+        let (app, caller) = resolve_caller(&req, &state, &path, Scope::Send)?;
+        let idem = idempotency_key(&req)?;
         let bytes =
             body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
         let msg = match app.kind {
             AppKind::MiniProgram => {
-                let m = body::decode(&bytes)?;
+                let mut m: SubscribeMessage = body::decode(&bytes)?;
                 validate::subscribe(&m)?;
+                m.template_id =
+                    state
+                        .registry
+                        .check(app, &m.template_id, TemplateKind::Subscribe, &m.data)?;
                 Outgoing::Subscribe(m)
             }
             AppKind::OfficialAccount => {
-                let m = body::decode(&bytes)?;
+                let mut m: BizsendMessage = body::decode(&bytes)?;
                 validate::bizsend(&m)?;
+                m.template_id =
+                    state
+                        .registry
+                        .check(app, &m.template_id, TemplateKind::Subscribe, &m.data)?;
                 Outgoing::Bizsend(m)
             }
         };
-        deliver(&req, &state, app, msg).await
+        deliver(&req, &state, app, caller, idem, msg, started).await
     }
     .await;
     respond(&req, result)
 }
 
+/// Sends, honouring the idempotency key: the first request with a key claims it in the store
+/// (any replica sees the claim); a duplicate while it runs gets 409; a duplicate after it
+/// finished gets the stored answer, without calling WeChat again.
 async fn deliver(
     req: &HttpRequest,
     state: &AppState,
     app: &App,
+    caller: &str,
+    idem: Option<String>,
     msg: Outgoing,
+    started: Instant,
 ) -> Result<HttpResponse, ApiError> {
-    let sent = send::deliver(state, app, &msg).await?;
     let rid = RequestId::of(req);
-    Ok(HttpResponse::Ok().json(SentBody {
-        status: "sent",
-        msgid: sent.msgid.map(|m| m.to_string()),
-        attempts: sent.attempts,
-        request_id: &rid,
-    }))
+    let store = &state.store;
+    let ttl = state.settings.sending.idempotency_ttl.as_millis() as u64;
+    let claim = idem.as_ref().map(|k| format!("{caller}:{}:{k}", msg.api()));
+    if let Some(key) = &claim {
+        let unavailable = |e: wxgate_store::StoreError| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("{e}; nothing was sent"),
+            )
+            .retryable(true)
+            .retry_after(1)
+        };
+        match store
+            .claim_idempotency(&app.appid, key, &rid, ttl)
+            .await
+            .map_err(unavailable)?
+        {
+            IdemClaim::Claimed => {}
+            IdemClaim::InProgress { request_id } => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "in_progress",
+                    format!("a request with this idempotency key is in progress (request {request_id}); nothing was sent"),
+                )
+                .field("Idempotency-Key")
+                .retryable(true)
+                .retry_after(1));
+            }
+            IdemClaim::Done { result, .. } => {
+                let stored: StoredAnswer = serde_json::from_str(&result).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        format!("unreadable stored result: {e}"),
+                    )
+                })?;
+                let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+                return Ok(HttpResponse::build(status)
+                    .insert_header(("Idempotent-Replayed", "true"))
+                    .json(stored.body));
+            }
+        }
+    }
+    let opts = SendOptions {
+        wait_for_permit: prefer_wait(req, state.settings.sending.max_wait),
+        started,
+    };
+    let result = send::deliver(state, app, &msg, &opts).await;
+    let (status, body) = match &result {
+        Ok(sent) => (
+            200,
+            serde_json::to_value(SentBody {
+                status: "sent",
+                msgid: sent.msgid.map(|m| m.to_string()),
+                attempts: sent.attempts,
+                request_id: &rid,
+            })
+            .unwrap_or_default(),
+        ),
+        Err(e) => (e.status.as_u16(), e.body_json(&rid)),
+    };
+    if let Some(key) = &claim {
+        // Keep the answer when it is final: success, a definite refusal, or an outcome nobody
+        // knows for a message WeChat cannot de-duplicate (sending it again could notify twice).
+        // Release the key when a retry can help and cannot duplicate.
+        let keep = match &result {
+            Ok(_) => true,
+            Err(e) if e.code == "upstream_outcome_unknown" || e.wechat_errcode == Some(-1) => {
+                !msg.dedup_protected()
+            }
+            Err(e) => !e.retryable,
+        };
+        let outcome = if keep {
+            let stored = serde_json::to_string(&StoredAnswer {
+                status,
+                body: body.clone(),
+            })
+            .unwrap_or_default();
+            store
+                .complete_idempotency(&app.appid, key, &rid, &stored, ttl)
+                .await
+        } else {
+            store.release_idempotency(&app.appid, key, &rid).await
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "cannot record the idempotency result");
+        }
+    }
+    match result {
+        Ok(_) => Ok(HttpResponse::Ok().json(body)),
+        Err(e) => Err(e),
+    }
+}
+
+/// An answer kept under an idempotency key.
+#[derive(Serialize, serde::Deserialize)]
+struct StoredAnswer {
+    status: u16,
+    body: serde_json::Value,
 }
 
 pub async fn healthz() -> HttpResponse {
@@ -158,6 +343,15 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
             "no usable access_token yet for: {}",
             missing.join(", ")
         ));
+    }
+    let problems: Vec<String> = state
+        .settings
+        .apps
+        .values()
+        .flat_map(|a| state.registry.problems(a))
+        .collect();
+    if !problems.is_empty() {
+        return not_ready(format!("template registry: {}", problems.join("; ")));
     }
     HttpResponse::Ok().json(serde_json::json!({
         "status": "ready",

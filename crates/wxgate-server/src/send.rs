@@ -1,20 +1,27 @@
-//! One send to WeChat.
+//! One send to WeChat, under the cluster's limits.
 //!
-//! Flow: take a token (cached per node) → call the send API → classify the answer with the one
-//! errcode table. A rejected token (`40001`/`42001`/`40014`, class `TokenRefresh`) is invalidated
-//! exactly (compare-and-delete) and the send is retried once with a fresh token; any other
-//! errcode is answered straight away by its class. A transport failure is either "not sent"
-//! (503, safe to retry) or "outcome unknown" (504: retryable only when WeChat can de-duplicate it
-//! through `client_msg_id`). Retries with backoff for `-1`, rate limits and idempotency keys come
-//! with the shared-state work.
+//! Every upstream attempt first takes a permit from the store (`acquire`: the app's windows for
+//! the API, the recipient's windows, the daily quota and any block WeChat's 45009/45011 set). A
+//! full window answers 429 `rate_limited` with `Retry-After`, or — when the caller sent
+//! `Prefer: wait=N` — waits for the permit up to N seconds (capped by `limits.max_wait_secs`).
+//! A used-up quota or a block fails fast with `quota_exhausted` / `rate_limited`.
+//!
+//! Then the answer is classified with the one errcode table:
+//! - a rejected token (`TokenRefresh`) is invalidated exactly and the send retried once;
+//! - `-1` (`Backoff`) and transport failures are retried with exponential backoff and jitter,
+//!   within `retry.max_attempts` and `retry.deadline_ms` — but only when a retry cannot notify
+//!   the user twice: a connect failure (nothing was sent) always; a `-1` or an unknown outcome
+//!   only for template sends, which always carry a `client_msg_id` WeChat de-duplicates on;
+//! - `45011`/`45009` set a shared block so every node stops sending that API until the reset;
+//! - caller and config faults are answered at once, never retried.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use wxgate_config::App;
 use wxgate_protocol::errcode::{self, Endpoint, ErrorClass};
 use wxgate_protocol::wire::{BizsendMessage, SendResponse, SubscribeMessage, TemplateMessage};
-use wxgate_store::{Acquire, AcquireRequest};
+use wxgate_store::{Acquire, AcquireRequest, DailyQuota, Limit};
 use wxgate_upstream::UpstreamError;
 
 use crate::error::ApiError;
@@ -29,17 +36,35 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
+    /// The API name limits, quotas and blocks are kept under.
     pub fn api(&self) -> &'static str {
         match self {
             Self::Template(_) => "template_send",
-            Self::Subscribe(_) => "subscribe_send",
-            Self::Bizsend(_) => "subscribe_bizsend",
+            // An app has one or the other, so they share limits.
+            Self::Subscribe(_) | Self::Bizsend(_) => "subscribe_send",
         }
     }
 
-    fn dedup_protected(&self) -> bool {
+    pub fn touser(&self) -> &str {
+        match self {
+            Self::Template(m) => &m.touser,
+            Self::Subscribe(m) => &m.touser,
+            Self::Bizsend(m) => &m.touser,
+        }
+    }
+
+    /// WeChat de-duplicates it: a repeat cannot notify the user twice.
+    pub fn dedup_protected(&self) -> bool {
         matches!(self, Self::Template(m) if m.client_msg_id.is_some())
     }
+}
+
+/// How one send may wait and retry.
+pub struct SendOptions {
+    /// `Prefer: wait=N`, already capped: how long to wait for a permit.
+    pub wait_for_permit: Option<Duration>,
+    /// When the request arrived (the retry deadline counts from here).
+    pub started: Instant,
 }
 
 /// WeChat accepted the message.
@@ -48,10 +73,14 @@ pub struct Sent {
     pub attempts: u32,
 }
 
-pub async fn deliver(state: &AppState, app: &App, msg: &Outgoing) -> Result<Sent, ApiError> {
-    let started = Instant::now();
-    let result = attempt_with_token_retry(state, app, msg).await;
-    let latency_ms = started.elapsed().as_millis() as u64;
+pub async fn deliver(
+    state: &AppState,
+    app: &App,
+    msg: &Outgoing,
+    opts: &SendOptions,
+) -> Result<Sent, ApiError> {
+    let result = attempts(state, app, msg, opts).await;
+    let latency_ms = opts.started.elapsed().as_millis() as u64;
     match &result {
         Ok(sent) => tracing::info!(
             app = %app.name,
@@ -74,104 +103,212 @@ pub async fn deliver(state: &AppState, app: &App, msg: &Outgoing) -> Result<Sent
     result
 }
 
-async fn attempt_with_token_retry(
+/// Exponential backoff with jitter: a random wait in [base, min(max, base · 2^n)].
+fn backoff(state: &AppState, retry: u32) -> Duration {
+    let s = &state.settings.sending;
+    let cap = s
+        .base_backoff
+        .saturating_mul(1 << retry.min(16))
+        .min(s.max_backoff);
+    let base = s.base_backoff.as_millis() as u64;
+    let span = (cap.as_millis() as u64).saturating_sub(base);
+    Duration::from_millis(base + if span > 0 { fastrand::u64(0..=span) } else { 0 })
+}
+
+async fn attempts(
     state: &AppState,
     app: &App,
     msg: &Outgoing,
+    opts: &SendOptions,
 ) -> Result<Sent, ApiError> {
-    let mut attempts = 0;
+    let s = &state.settings.sending;
+    let deadline = opts.started + s.deadline;
+    let mut attempts = 0u32;
+    let mut token_retried = false;
+    let mut backoff_retries = 0u32;
+    let permit_deadline = opts.wait_for_permit.map(|w| Instant::now() + w);
     loop {
         attempts += 1;
-        permit(state, app, msg, attempts).await?;
+        permit(state, app, msg, permit_deadline).await?;
         let token = state.tokens.get(app).await.map_err(token_error)?;
-        let answer = call(state, &token.value, msg)
-            .await
-            .map_err(|e| transport_error(e, msg))?;
-        if answer.errcode == 0 {
-            return Ok(Sent {
-                msgid: answer.msgid,
-                attempts,
-            });
+        let outcome = call(state, &token.value, msg).await;
+        // May another attempt follow, and is it safe?
+        let may_retry = |safe: bool, retries: u32| {
+            safe && retries + 1 < s.max_attempts && Instant::now() < deadline
+        };
+        match outcome {
+            Ok(answer) if answer.errcode == 0 => {
+                return Ok(Sent {
+                    msgid: answer.msgid,
+                    attempts,
+                });
+            }
+            Ok(answer) => {
+                let class = errcode::classify(answer.errcode, Endpoint::Business);
+                if class == ErrorClass::TokenRefresh && !token_retried {
+                    token_retried = true;
+                    state
+                        .tokens
+                        .report_bad(app, &token.value)
+                        .await
+                        .map_err(token_error)?;
+                    continue;
+                }
+                if class == ErrorClass::Backoff && may_retry(msg.dedup_protected(), backoff_retries)
+                {
+                    let wait = backoff(state, backoff_retries);
+                    backoff_retries += 1;
+                    tracing::info!(app = %app.name, errcode = answer.errcode, wait_ms = wait.as_millis() as u64, "WeChat busy; retrying with the same client_msg_id");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let now = state.clock.now_ms();
+                if matches!(class, ErrorClass::RateLimited | ErrorClass::QuotaExhausted) {
+                    shared_block(state, app, msg, answer.errcode, class).await;
+                }
+                return Err(ApiError::from_wechat(
+                    answer.errcode,
+                    &answer.errmsg,
+                    class,
+                    now,
+                ));
+            }
+            Err(e) => {
+                let safe = match &e {
+                    UpstreamError::NotSent(_) => true,
+                    UpstreamError::OutcomeUnknown(_) => msg.dedup_protected(),
+                    UpstreamError::Setup(_) => false,
+                };
+                if may_retry(safe, backoff_retries) {
+                    let wait = backoff(state, backoff_retries);
+                    backoff_retries += 1;
+                    tracing::info!(app = %app.name, error = %e, wait_ms = wait.as_millis() as u64, "transport failure; retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(transport_error(e, msg));
+            }
         }
-        let class = errcode::classify(answer.errcode, Endpoint::Business);
-        if class == ErrorClass::TokenRefresh && attempts == 1 {
-            state
-                .tokens
-                .report_bad(app, &token.value)
-                .await
-                .map_err(token_error)?;
-            continue;
-        }
-        let now = state.clock.now_ms();
-        if matches!(class, ErrorClass::RateLimited | ErrorClass::QuotaExhausted) {
-            shared_block(state, app, msg, answer.errcode, class).await;
-        }
-        return Err(ApiError::from_wechat(
-            answer.errcode,
-            &answer.errmsg,
-            class,
-            now,
-        ));
     }
 }
 
-/// Every upstream attempt first takes a permit from the shared store: one Lua script that
-/// checks the app's blocks for this API (set after WeChat answered 45009/45011) — and, once
-/// limits are configured, every window and quota. A store that cannot be reached fails the
+async fn call(
+    state: &AppState,
+    token: &str,
+    msg: &Outgoing,
+) -> Result<SendResponse, UpstreamError> {
+    match msg {
+        Outgoing::Template(m) => state.client.send_template(token, m).await,
+        Outgoing::Subscribe(m) => state.client.send_subscribe(token, m).await,
+        Outgoing::Bizsend(m) => state.client.send_bizsend(token, m).await,
+    }
+}
+
+/// One permit for one upstream attempt: every window of the API and of the recipient, the
+/// daily quota, and the API's block, in one atomic `acquire`. Waits for a full window when
+/// `wait_until` allows; a quota or a block fails fast. A store that cannot be reached fails the
 /// send closed (503), unless the configured policy grants a local share.
-async fn permit(state: &AppState, app: &App, msg: &Outgoing, attempt: u32) -> Result<(), ApiError> {
-    let permit_id = format!("{}#{attempt}", uuid::Uuid::new_v4());
-    let blocks = [msg.api()];
-    let req = AcquireRequest {
-        appid: &app.appid,
-        limits: &[],
-        quotas: &[],
-        blocks: &blocks,
-        guard_ms: 0,
-        permit_id: &permit_id,
-    };
-    match state.store.acquire(&req).await {
-        Ok(Acquire::Granted { .. }) => Ok(()),
-        Ok(Acquire::Wait { wait_ms, limit }) => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "the `{limit}` limit is full; a permit frees up in {wait_ms} ms; nothing was sent"
-            ),
-        )
-        .retryable(true)
-        .retry_after(wait_ms.div_ceil(1000))),
-        Ok(Acquire::Blocked { until_ms, reason }) => {
-            let now = state
-                .store
-                .now_ms()
-                .await
-                .unwrap_or_else(|_| state.clock.now_ms());
-            let secs = until_ms.saturating_sub(now).div_ceil(1000);
-            let daily = reason.contains("45009") || reason.contains("quota");
-            Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                if daily {
-                    "quota_exhausted"
+async fn permit(
+    state: &AppState,
+    app: &App,
+    msg: &Outgoing,
+    wait_until: Option<Instant>,
+) -> Result<(), ApiError> {
+    let api = msg.api();
+    let mut limits: Vec<Limit> = app
+        .limits
+        .per_api
+        .get(api)
+        .into_iter()
+        .flatten()
+        .map(|w| Limit {
+            name: api.to_string(),
+            limit: w.limit,
+            window_ms: w.window_ms,
+        })
+        .collect();
+    let user = format!("user:{}", msg.touser());
+    limits.extend(app.limits.per_recipient.iter().map(|w| Limit {
+        name: user.clone(),
+        limit: w.limit,
+        window_ms: w.window_ms,
+    }));
+    let quotas: Vec<DailyQuota> = app
+        .limits
+        .quotas
+        .get(api)
+        .map(|q| DailyQuota {
+            name: api.to_string(),
+            limit: *q,
+        })
+        .into_iter()
+        .collect();
+    let blocks = [api];
+    loop {
+        let permit_id = format!("{}:{}", state.node_id, uuid::Uuid::new_v4().simple());
+        let req = AcquireRequest {
+            appid: &app.appid,
+            limits: &limits,
+            quotas: &quotas,
+            blocks: &blocks,
+            guard_ms: state.settings.sending.guard.as_millis() as u64,
+            permit_id: &permit_id,
+        };
+        match state.store.acquire(&req).await {
+            Ok(Acquire::Granted { .. }) => return Ok(()),
+            Ok(Acquire::Wait { wait_ms, limit }) => {
+                let wait = Duration::from_millis(wait_ms);
+                if let Some(until) = wait_until {
+                    if Instant::now() + wait <= until {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+                let what = if limit.starts_with("user:") {
+                    "recipient's"
                 } else {
-                    "rate_limited"
-                },
-                format!(
-                    "sending {} for app `{}` is paused for {secs} s ({reason}); nothing was sent",
-                    msg.api(),
-                    app.name
-                ),
-            )
-            .retryable(true)
-            .retry_after(secs))
+                    "app's"
+                };
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "the {what} `{api}` limit is full; a permit frees up in {wait_ms} ms; nothing was sent (send `Prefer: wait=N` to wait for it)"
+                    ),
+                )
+                .retryable(true)
+                .retry_after(wait_ms.div_ceil(1000)));
+            }
+            Ok(Acquire::Blocked { until_ms, reason }) => {
+                let now = state
+                    .store
+                    .now_ms()
+                    .await
+                    .unwrap_or_else(|_| state.clock.now_ms());
+                let secs = until_ms.saturating_sub(now).div_ceil(1000);
+                let daily = reason.contains("45009") || reason.contains("quota");
+                let at = wxgate_protocol::time::utc_rfc3339(until_ms);
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    if daily { "quota_exhausted" } else { "rate_limited" },
+                    format!(
+                        "sending {api} for app `{}` is paused until {at} (in {secs} s; {reason}); nothing was sent",
+                        app.name
+                    ),
+                )
+                .retryable(true)
+                .retry_after(secs));
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("{e}; nothing was sent"),
+                )
+                .retryable(true)
+                .retry_after(1))
+            }
         }
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            format!("{e}; nothing was sent"),
-        )
-        .retryable(true)
-        .retry_after(1)),
     }
 }
 
@@ -209,18 +346,6 @@ async fn shared_block(
             "every node stops sending this API until the window resets"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot set the shared block"),
-    }
-}
-
-async fn call(
-    state: &AppState,
-    token: &str,
-    msg: &Outgoing,
-) -> Result<SendResponse, UpstreamError> {
-    match msg {
-        Outgoing::Template(m) => state.client.send_template(token, m).await,
-        Outgoing::Subscribe(m) => state.client.send_subscribe(token, m).await,
-        Outgoing::Bizsend(m) => state.client.send_bizsend(token, m).await,
     }
 }
 

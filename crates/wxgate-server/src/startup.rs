@@ -16,6 +16,7 @@ use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
 use wxgate_store::Store;
 use wxgate_upstream::{UpstreamConfig, WechatClient};
 
+use crate::registry::Registry;
 use crate::request_id;
 use crate::routes;
 use crate::token::{TokenConfig, TokenManager};
@@ -26,6 +27,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub client: WechatClient,
     pub tokens: Arc<TokenManager>,
+    pub registry: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
     pub node_id: String,
 }
@@ -61,6 +63,7 @@ pub struct Application {
     node_id: String,
     shutdown: tokio::sync::watch::Sender<bool>,
     refresher: tokio::task::JoinHandle<()>,
+    verifier: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -117,11 +120,22 @@ impl Application {
         let refresher = tokio::spawn(tokens.clone().run_refresher(shutdown_rx));
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
+        let registry = Arc::new(Registry::new(&settings));
+        let settings = Arc::new(settings);
+        let verifier = tokio::spawn(verify_templates(
+            settings.clone(),
+            registry.clone(),
+            tokens.clone(),
+            client.clone(),
+            store.clone(),
+            shutdown.subscribe(),
+        ));
         let state = web::Data::new(AppState {
-            settings: Arc::new(settings),
+            settings,
             store,
             client,
             tokens,
+            registry,
             clock,
             node_id: node_id.clone(),
         });
@@ -172,6 +186,7 @@ impl Application {
             node_id,
             shutdown,
             refresher,
+            verifier,
         })
     }
 
@@ -198,6 +213,7 @@ impl Application {
         let result = self.server.await;
         let _ = self.shutdown.send(true);
         let _ = self.refresher.await;
+        let _ = self.verifier.await;
         result
     }
 }
@@ -245,6 +261,37 @@ fn build_store(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<dyn Sto
                 },
             };
             Ok(Arc::new(FallbackStore::new(Arc::new(redis), policy)))
+        }
+    }
+}
+
+/// Checks every app's template registry against WeChat's lists once, retrying every 30 s
+/// while WeChat or the store cannot be asked, until shutdown.
+async fn verify_templates(
+    settings: Arc<Settings>,
+    registry: Arc<Registry>,
+    tokens: Arc<TokenManager>,
+    client: WechatClient,
+    store: Arc<dyn Store>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let mut pending = false;
+        for app in settings.apps.values() {
+            if registry.verified(app) {
+                continue;
+            }
+            if let Err(e) = registry.verify(app, &tokens, &client, &*store).await {
+                pending = true;
+                tracing::warn!(app = %app.name, error = %e, "cannot check the template registry against WeChat yet");
+            }
+        }
+        if !pending {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -67,6 +67,18 @@ impl Store for FallbackStore {
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
         self.primary.read_external_token(key).await
     }
+    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
+        self.primary.get_cached(appid, name).await
+    }
+    async fn put_cached(
+        &self,
+        appid: &str,
+        name: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.primary.put_cached(appid, name, value, ttl_ms).await
+    }
 
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError> {
         match self.primary.acquire(req).await {

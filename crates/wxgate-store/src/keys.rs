@@ -70,6 +70,11 @@ impl Keys {
         self.app(appid, &format!("block:{api}"))
     }
 
+    /// String: a cached copy of something WeChat said (`templates`: the template lists).
+    pub fn cache(&self, appid: &str, name: &str) -> String {
+        self.app(appid, &format!("cache:{name}"))
+    }
+
     /// Hash: `state` (`in_progress` | `done`), `request_id`, `result`.
     pub fn idempotency(&self, appid: &str, key: &str) -> String {
         self.app(appid, &format!("idem:{key}"))

@@ -228,6 +228,18 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// A cached value of the app's (e.g. WeChat's template list), if present and not expired.
+    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Caches `value` for the app under `name` for `ttl_ms`.
+    async fn put_cached(
+        &self,
+        appid: &str,
+        name: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError>;
+
     /// Reads a token that another system keeps under `key` (any key name: it is the other
     /// system's, not ours). `None` when the key is missing or holds no token.
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError>;

@@ -36,6 +36,8 @@ struct State {
     blocks: HashMap<AppKey, (u64, String)>,
     /// (appid, key) → (record, expires_at_ms)
     idem: HashMap<AppKey, (Idem, u64)>,
+    /// (appid, name) → (value, expires_at_ms)
+    cache: HashMap<AppKey, (String, u64)>,
     ops: u64,
 }
 
@@ -101,6 +103,7 @@ fn sweep(st: &mut State, now: u64) {
     st.leases.retain(|_, (_, exp)| *exp > now);
     st.blocks.retain(|_, (until, _)| *until > now);
     st.idem.retain(|_, (_, exp)| *exp > now);
+    st.cache.retain(|_, (_, exp)| *exp > now);
     st.tokens.retain(|_, t| t.expires_at_ms > now);
 }
 
@@ -167,6 +170,30 @@ impl Store for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now_ms();
+        let st = self.lock();
+        Ok(st
+            .cache
+            .get(&k(appid, name))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.clone()))
+    }
+
+    async fn put_cached(
+        &self,
+        appid: &str,
+        name: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .cache
+            .insert(k(appid, name), (value.to_string(), now + ttl_ms));
         Ok(())
     }
 

@@ -596,6 +596,30 @@ impl Store for RedisStore {
         Ok(n == 1)
     }
 
+    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
+        self.cmd(redis::cmd("GET").arg(self.keys.cache(appid, name)))
+            .await
+    }
+
+    async fn put_cached(
+        &self,
+        appid: &str,
+        name: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .cmd(
+                redis::cmd("SET")
+                    .arg(self.keys.cache(appid, name))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
         let mut inv = self.scripts.external_token_read.prepare_invoke();
         inv.key(key);
