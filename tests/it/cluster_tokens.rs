@@ -15,7 +15,7 @@ use wxgate_tests::*;
 const TPL: &str = "/v1/apps/oa/messages/template";
 
 /// Gateway config for one node; `{port}` and `{node_id}` are filled in per node.
-fn node_config(
+pub(crate) fn node_config(
     redis_url: &str,
     prefix: &str,
     fake_url: &str,
@@ -55,15 +55,15 @@ scopes = ["send", "token"]
     )
 }
 
-struct Cluster {
-    redis: RedisServer,
-    fake: FakeWechat,
-    nodes: Vec<GatewayProcess>,
-    prefix: String,
+pub(crate) struct Cluster {
+    pub(crate) redis: RedisServer,
+    pub(crate) fake: FakeWechat,
+    pub(crate) nodes: Vec<GatewayProcess>,
+    pub(crate) prefix: String,
     _dir: std::path::PathBuf,
 }
 
-async fn cluster(fake_cfg: FakeConfig, app_extra: &str, refresh_ahead: u64) -> Cluster {
+pub(crate) async fn cluster(fake_cfg: FakeConfig, app_extra: &str, refresh_ahead: u64) -> Cluster {
     require_redis();
     let redis = RedisServer::start();
     let fake = FakeWechat::start(
@@ -102,7 +102,7 @@ impl Cluster {
         format!("{}:{{{}}}:{what}", self.prefix, demo::OA_APPID)
     }
 
-    fn oa_calls(&self, path: &str) -> Vec<wxgate_fake_wechat::CallRecord> {
+    pub(crate) fn oa_calls(&self, path: &str) -> Vec<wxgate_fake_wechat::CallRecord> {
         self.fake
             .state()
             .calls()

@@ -1,6 +1,8 @@
 //! wxgate's end-to-end tests: one binary, one module per capability.
 
+mod cluster_limits;
 mod cluster_tokens;
+mod limits;
 mod malformed;
 mod quickstart;
 mod redis_store;

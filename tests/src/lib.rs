@@ -85,6 +85,8 @@ pub struct Options {
     pub oa_secret_override: Option<String>,
     /// `token_mode` of the `oa` app (default: stable).
     pub oa_token_mode: Option<&'static str>,
+    /// Keys added to the `[apps.oa]` table (e.g. `strict_templates = true`).
+    pub oa_extra: String,
 }
 
 impl Default for Options {
@@ -96,6 +98,7 @@ impl Default for Options {
             upstream_override: None,
             oa_secret_override: None,
             oa_token_mode: None,
+            oa_extra: String::new(),
         }
     }
 }
@@ -159,6 +162,13 @@ pub async fn spawn_with(opts: Options) -> TestGateway {
         toml = toml.replace(
             &format!("secret = \"{}\"", demo::OA_SECRET),
             &format!("secret = \"{secret}\""),
+        );
+    }
+    if !opts.oa_extra.is_empty() {
+        toml = toml.replacen(
+            "kind = \"official_account\"",
+            &format!("kind = \"official_account\"\n{}", opts.oa_extra),
+            1,
         );
     }
     if let Some(mode) = opts.oa_token_mode {

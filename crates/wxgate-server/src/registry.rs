@@ -41,6 +41,8 @@ struct AppRegistry {
     templates: RwLock<Vec<TemplateDef>>,
     problems: RwLock<Vec<String>>,
     verified: std::sync::atomic::AtomicBool,
+    /// One check at a time per app.
+    verifying: tokio::sync::Mutex<()>,
 }
 
 pub struct Registry {
@@ -132,6 +134,23 @@ impl Registry {
         Ok(t.id.clone())
     }
 
+    /// Whether `template_id` names a registered template whose fields are not known yet (not
+    /// configured, and WeChat's lists not read yet).
+    pub fn needs_fields(&self, app: &App, template_id: &str) -> bool {
+        let templates = self
+            .app(app)
+            .templates
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        templates
+            .iter()
+            .any(|t| (t.alias == template_id || t.id == template_id) && t.fields.is_none())
+            && !self
+                .app(app)
+                .verified
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Problems found by the last check against WeChat (for `/readyz`).
     pub fn problems(&self, app: &App) -> Vec<String> {
         self.app(app)
@@ -166,6 +185,10 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
         {
+            return Ok(());
+        }
+        let _one = reg.verifying.lock().await;
+        if reg.verified.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
         let listed: Vec<Listed> = match store.get_cached(&app.appid, CACHE_NAME).await {

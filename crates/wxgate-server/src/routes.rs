@@ -132,6 +132,7 @@ pub async fn send_template(
             body::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
         let mut msg: TemplateMessage = body::decode(&bytes)?;
         validate::template(&msg)?;
+        learn_fields(&state, app, &msg.template_id).await?;
         msg.template_id =
             state
                 .registry
@@ -178,6 +179,7 @@ pub async fn send_subscribe(
             AppKind::MiniProgram => {
                 let mut m: SubscribeMessage = body::decode(&bytes)?;
                 validate::subscribe(&m)?;
+                learn_fields(&state, app, &m.template_id).await?;
                 m.template_id =
                     state
                         .registry
@@ -187,6 +189,7 @@ pub async fn send_subscribe(
             AppKind::OfficialAccount => {
                 let mut m: BizsendMessage = body::decode(&bytes)?;
                 validate::bizsend(&m)?;
+                learn_fields(&state, app, &m.template_id).await?;
                 m.template_id =
                     state
                         .registry
@@ -198,6 +201,28 @@ pub async fn send_subscribe(
     }
     .await;
     respond(&req, result)
+}
+
+/// A registered template without configured fields takes them from WeChat's template list;
+/// until that list has been read (normally at start-up), the first send reads it, so `data` is
+/// always checked against the fields before anything is sent.
+async fn learn_fields(state: &AppState, app: &App, template_id: &str) -> Result<(), ApiError> {
+    if !state.registry.needs_fields(app, template_id) {
+        return Ok(());
+    }
+    state
+        .registry
+        .verify(app, &state.tokens, &state.client, &*state.store)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "templates_unavailable",
+                format!("the fields of template `{template_id}` are not known yet ({e}); nothing was sent"),
+            )
+            .retryable(true)
+            .retry_after(1)
+        })
 }
 
 /// Sends, honouring the idempotency key: the first request with a key claims it in the store
