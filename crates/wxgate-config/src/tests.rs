@@ -226,3 +226,71 @@ fn token_modes_scopes_and_leadership_settings() {
     .unwrap();
     assert_eq!(tokens.api_keys[0].scopes, vec![Scope::Send, Scope::Token]);
 }
+
+#[test]
+fn limits_quotas_and_template_registry() {
+    let registry = r#"
+[server]
+environment = "prod"
+
+[template_id_patterns]
+dev = "tmpl-dev-*"
+prod = "tmpl-prod-*"
+
+[apps.shop.limits]
+template_send = [{ limit = 900, window_ms = 60000 }]
+per_recipient = [{ limit = 3, window_ms = 3600000 }]
+
+[apps.shop.quotas]
+template_send = 100000
+
+[apps.shop.templates.shipped]
+kind = "template"
+fields = ["character_string1", "thing2"]
+[apps.shop.templates.shipped.ids]
+dev = "tmpl-dev-1"
+prod = "tmpl-prod-1"
+"#;
+    let s = Settings::from_toml_str(&format!("{MINIMAL}{registry}")).unwrap();
+    let app = &s.apps["shop"];
+    assert_eq!(
+        app.templates["shipped"].id, "tmpl-prod-1",
+        "the id of server.environment"
+    );
+    assert_eq!(app.limits.per_api["template_send"][0].limit, 900);
+    assert_eq!(app.limits.per_recipient[0].window_ms, 3_600_000);
+    assert_eq!(app.limits.quotas["template_send"], 100_000);
+    assert_eq!(s.sending.max_attempts, 3);
+    assert_eq!(s.sending.guard, Duration::from_millis(100));
+
+    // The seed's mistake: a dev id configured as the prod id.
+    check_err(
+        &format!("{MINIMAL}{}", registry.replace("prod = \"tmpl-prod-1\"", "prod = \"tmpl-dev-1\"")),
+        "apps.shop.templates.shipped.ids.prod: `tmpl-dev-1` does not match the prod template id pattern `tmpl-prod-*`",
+    );
+    check_err(
+        &format!(
+            "{MINIMAL}{}",
+            registry.replace("environment = \"prod\"", "environment = \"staging\"")
+        ),
+        "apps.shop.templates.shipped.ids: no id for environment `staging`",
+    );
+    check_err(
+        &format!("{MINIMAL}{}", registry.replace("limit = 900", "limit = 0")),
+        "apps.shop.limits.template_send: limit must be at least 1",
+    );
+    check_err(
+        &format!(
+            "{MINIMAL}{}",
+            registry.replace(
+                "[apps.shop.quotas]\ntemplate_send",
+                "[apps.shop.quotas]\ntoken"
+            )
+        ),
+        "apps.shop.quotas.token",
+    );
+    check_err(
+        &format!("{MINIMAL}\n[retry]\nmax_attempts = 0"),
+        "retry.max_attempts",
+    );
+}
