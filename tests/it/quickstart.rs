@@ -282,3 +282,74 @@ fn check_config_accepts_the_example_and_names_the_field_at_fault() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("apps.mini.kind"), "{stderr}");
 }
+
+// Multi-threaded: the test blocks its thread on the child process while the fake serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_compares_the_registry_with_wechat() {
+    let fake = wxgate_fake_wechat::FakeWechat::start(
+        wxgate_fake_wechat::FakeConfig::demo(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir("check-online");
+    let config = |id: &str, fields: &str| {
+        format!(
+            r#"
+[upstream]
+base_url = "{}"
+[apps.shop]
+appid = "{}"
+kind = "official_account"
+token_mode = "classic"
+secret = "{}"
+[apps.shop.templates.shipped]
+kind = "template"
+id = "{id}"
+fields = {fields}
+"#,
+            fake.base_url(),
+            wxgate_fake_wechat::demo::OA_APPID,
+            wxgate_fake_wechat::demo::OA_SECRET
+        )
+    };
+    let run = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Command::new(binary())
+            .args(["check-config", "--online"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let good = run(
+        "good.toml",
+        config(
+            wxgate_fake_wechat::demo::OA_TEMPLATE_ID,
+            r#"["character_string1", "thing2", "time3"]"#,
+        ),
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("fields match"));
+    let wrong_fields = run(
+        "fields.toml",
+        config(wxgate_fake_wechat::demo::OA_TEMPLATE_ID, r#"["thing2"]"#),
+    );
+    assert_eq!(wrong_fields.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong_fields.stderr).contains("differ from WeChat's"));
+    let missing = run("missing.toml", config("tmpl-prod-gone", r#"["thing2"]"#));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("tmpl-prod-gone"));
+    // A classic app is checked with a stable token: no classic token was fetched (that would
+    // invalidate the one production uses).
+    let calls = fake.state().calls();
+    assert!(
+        calls.iter().all(|c| c.path != "/cgi-bin/token"),
+        "{calls:?}"
+    );
+    fake.stop().await;
+}

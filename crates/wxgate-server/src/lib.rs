@@ -25,4 +25,4 @@ pub mod startup;
 mod token;
 mod validate;
 
-pub use startup::{Application, BuildOptions};
+pub use startup::{check_templates_online, Application, BuildOptions};

@@ -295,3 +295,54 @@ async fn verify_templates(
         }
     }
 }
+
+/// `wxgate check-config --online`: checks every app's template registry against WeChat's
+/// template lists, with a token from `/cgi-bin/stable_token` in normal mode (which never
+/// invalidates a token in use, whatever the app's mode), in memory, touching no shared state.
+/// Returns the problems found; `Err` when WeChat could not be asked.
+pub async fn check_templates_online(settings: &Settings) -> Result<Vec<String>, String> {
+    let client = WechatClient::new(&UpstreamConfig {
+        base_url: settings.upstream.base_url.clone(),
+        connect_timeout: settings.upstream.connect_timeout,
+        request_timeout: settings.upstream.request_timeout,
+        ..UpstreamConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    // Classic apps are checked with a stable token: the two families never affect each other.
+    let apps: Vec<wxgate_config::App> = settings
+        .apps
+        .values()
+        .filter(|a| a.token_mode != wxgate_config::TokenMode::External && !a.templates.is_empty())
+        .map(|a| wxgate_config::App {
+            token_mode: wxgate_config::TokenMode::Stable,
+            ..a.clone()
+        })
+        .collect();
+    let tokens = TokenManager::new(
+        store.clone(),
+        client.clone(),
+        Arc::new(SystemClock),
+        TokenConfig {
+            node_id: "check-config".into(),
+            refresh_ahead_ms: 0,
+            lease_ttl_ms: 60_000,
+            check_interval: std::time::Duration::from_secs(1),
+            wait_for_token: std::time::Duration::from_secs(1),
+            fetch_per_minute: 10,
+        },
+        apps.iter(),
+    );
+    let mut checked = settings.clone();
+    checked.apps = apps.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    let registry = Registry::new(&checked);
+    let mut problems = Vec::new();
+    for app in &apps {
+        registry
+            .verify(app, &tokens, &client, &*store)
+            .await
+            .map_err(|e| format!("app `{}`: {e}", app.name))?;
+        problems.extend(registry.problems(app));
+    }
+    Ok(problems)
+}

@@ -63,7 +63,13 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Validate a configuration file and print what it configures (never the secrets).
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        file: PathBuf,
+        /// Also check the template registry against WeChat's template lists (calls WeChat:
+        /// stable_token in normal mode and the two list APIs; never invalidates a token).
+        #[arg(long)]
+        online: bool,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -99,7 +105,7 @@ async fn main() -> ExitCode {
             init_logging(cli.log_format.unwrap_or(LogFormat::Text));
             fake_wechat(listen, config).await
         }
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, online } => check_config(&file, online).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,7 +152,7 @@ async fn fake_wechat(listen: SocketAddr, config: Option<PathBuf>) -> Result<(), 
     Ok(())
 }
 
-fn check_config(file: &std::path::Path) -> Result<(), String> {
+async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String> {
     let s = Settings::load(Some(file)).map_err(|e| format!("{}: {e}", file.display()))?;
     println!("{}: OK", file.display());
     println!(
@@ -166,6 +172,20 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
     }
     for key in &s.api_keys {
         println!("  api key {}: apps {:?}", key.name, key.apps);
+    }
+    if online {
+        match wxgate_server::check_templates_online(&s).await {
+            Ok(problems) if problems.is_empty() => {
+                println!("  templates: every registered id is in WeChat's lists, fields match")
+            }
+            Ok(problems) => return Err(format!("template registry: {}", problems.join("; "))),
+            Err(e) => return Err(format!("cannot check templates against WeChat: {e}")),
+        }
+    }
+    for app in s.apps.values() {
+        for t in app.templates.values() {
+            println!("  template {}.{}: {}", app.name, t.alias, t.id);
+        }
     }
     Ok(())
 }
