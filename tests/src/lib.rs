@@ -137,6 +137,19 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Reads a response; a body that is not JSON becomes a JSON string.
+    pub async fn read(resp: reqwest::Response) -> Resp {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -228,15 +241,7 @@ impl TestGateway {
             .send()
             .await
             .expect("node answers");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        Resp::read(resp).await
     }
 
     pub fn fake_state(&self) -> FakeState {
@@ -295,16 +300,7 @@ impl TestGateway {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req.send().await.expect("gateway answers");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        Resp::read(req.send().await.expect("gateway answers")).await
     }
 
     pub async fn stop(self) {

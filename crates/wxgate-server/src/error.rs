@@ -138,14 +138,7 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
-        resp.json(Body {
-            code: self.code,
-            message: &self.message,
-            field: self.field.as_deref(),
-            wechat_errcode: self.wechat_errcode,
-            retryable: self.retryable,
-            request_id,
-        })
+        resp.json(self.body_json(request_id))
     }
 }
 
