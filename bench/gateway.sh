@@ -5,14 +5,17 @@
 #   2. template sends through one gateway node (memory store), logs at warn,
 #   3. the same with info logs (one JSON line per send) written to a file,
 #   4. with the shared state in a local redis-server (one acquire script per send),
-#   5. the same with limits configured (app window, per-recipient window, daily quota).
+#   5. the same with limits configured (app window, per-recipient window, daily quota),
+#   6. the "bare hop" floor of toolbox.md §6 (crates/wxgate-server/examples/bare_hop.rs) against
+#      the same fake and Redis: parse JSON, one EVALSHA, one upstream POST.
 # Usage: bash bench/gateway.sh [DURATION_SECS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-5}; conns=${2:-32}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
-cargo build --release -p wxgate -q
+cargo build --release -q -p wxgate
+cargo build --release -q -p wxgate-server --example bare_hop
 bin=${CARGO_TARGET_DIR:-target}/release/wxgate
 work=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -88,6 +91,12 @@ for variant in redis redis-limits; do
   wrk -t1 -c"$conns" -d"${dur}s" -s bench/gateway-template.lua "http://127.0.0.1:$gw_port/v1/apps/bench/messages/template" | grep -E 'Requests/sec|Latency|non-200|p50'
   kill $gw; wait $gw 2>/dev/null || true
 done
+# The floor: the bare hop (parse, one EVALSHA, one POST to the same fake, answer).
+"${CARGO_TARGET_DIR:-target}/release/examples/bare_hop" "127.0.0.1:$gw_port" "redis://127.0.0.1:$redis_port" "http://127.0.0.1:$fake_port" wx0123456789abcdef demo-secret >"$work/hop.log" 2>&1 & hop=$!; pids+=($hop)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$gw_port/" && break; sleep 0.1; done
+echo "== bare hop (toolbox.md §6), 1 worker, same fake and Redis: wrk -t1 -c$conns -d${dur}s"
+wrk -t1 -c"$conns" -d"${dur}s" -s bench/gateway-template.lua "http://127.0.0.1:$gw_port/send" | grep -E 'Requests/sec|Latency|non-200|p50'
+kill $hop; wait $hop 2>/dev/null || true
 redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
 
 sends=$(curl -s "http://127.0.0.1:$fake_port/_fake/calls?path=/cgi-bin/message/template/send" | python3 -c 'import json,sys;c=json.load(sys.stdin);print(len(c), sum(1 for x in c if x["errcode"]!=0))')

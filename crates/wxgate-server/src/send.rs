@@ -245,7 +245,9 @@ async fn permit(
         .collect();
     let blocks = [api];
     loop {
-        let permit_id = format!("{}:{}", state.node_id, uuid::Uuid::new_v4().simple());
+        // Unique per attempt across the cluster (node id + a per-node counter), and short: it is
+        // the member stored in every sliding-log window.
+        let permit_id = format!("{}:{}", state.node_id, state.next_permit());
         let req = AcquireRequest {
             appid: &app.appid,
             limits: &limits,

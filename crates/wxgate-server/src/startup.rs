@@ -30,6 +30,15 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
     pub node_id: String,
+    /// Per-node permit counter (see `send::permit`).
+    pub permits: std::sync::atomic::AtomicU64,
+}
+
+impl AppState {
+    pub fn next_permit(&self) -> u64 {
+        self.permits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Optional overrides of what `build` would otherwise create from the settings.
@@ -138,6 +147,7 @@ impl Application {
             registry,
             clock,
             node_id: node_id.clone(),
+            permits: std::sync::atomic::AtomicU64::new(0),
         });
 
         let mut server = HttpServer::new(move || {
