@@ -94,6 +94,8 @@ pub struct RedisSettings {
     pub sentinel_password: Option<SecretString>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// PEM CA certificate(s) for `rediss://` (from `tls_ca_file`), else the system's roots.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]

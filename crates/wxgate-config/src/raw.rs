@@ -145,6 +145,8 @@ struct RawRedis {
     sentinel_password_file: Option<PathBuf>,
     connect_timeout_ms: u64,
     command_timeout_ms: u64,
+    /// A PEM file of CA certificates to trust for `rediss://` (a private CA).
+    tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RawRedis {
@@ -164,6 +166,7 @@ impl Default for RawRedis {
             sentinel_password_file: None,
             connect_timeout_ms: 1_000,
             command_timeout_ms: 1_000,
+            tls_ca_file: None,
         }
     }
 }
@@ -236,7 +239,26 @@ impl RawRedis {
                 return Err(ConfigError::at(at(f), "must be between 1 and 60000"));
             }
         }
+        let tls_ca_pem = match &self.tls_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::at(
+                        at("tls_ca_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(ConfigError::at(
+                        at("tls_ca_file"),
+                        "not a PEM certificate file",
+                    ));
+                }
+                Some(pem)
+            }
+        };
         Ok(RedisSettings {
+            tls_ca_pem,
             mode: self.mode,
             url: self.url,
             nodes: self.nodes,

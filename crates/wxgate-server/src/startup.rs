@@ -262,6 +262,7 @@ fn build_store(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<dyn Sto
                     .map(|p| p.expose_secret().to_string()),
                 connect_timeout: r.connect_timeout,
                 command_timeout: r.command_timeout,
+                tls_ca_pem: r.tls_ca_pem.clone(),
             })
             .map_err(|e| BuildError::Setup(e.to_string()))?;
             let policy = match st.on_unavailable {

@@ -35,6 +35,7 @@ async fn main() {
             sentinel_password: None,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
+            tls_ca_pem: None,
         })
         .expect("store"),
     );

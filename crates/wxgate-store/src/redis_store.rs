@@ -80,6 +80,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Longest wait for one operation's answer; past it the operation fails as unavailable.
     pub command_timeout: Duration,
+    /// PEM root certificate(s) to trust for `rediss://` instead of the system's store (a
+    /// private CA).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -195,11 +198,12 @@ async fn resolve_master(
     sentinels: &[redis::ConnectionInfo],
     name: &str,
     timeout: Duration,
+    ca: Option<&[u8]>,
 ) -> Result<(String, u16), RedisError> {
     let mut last = None;
     for info in sentinels {
         let attempt = async {
-            let client = redis::Client::open(info.clone())?;
+            let client = client_for(info.clone(), ca)?;
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout));
@@ -274,13 +278,14 @@ impl Connector {
         }
         let slot = self.slot.clone();
         let timeout = self.cfg.connect_timeout;
+        let ca = self.cfg.tls_ca_pem.clone();
         *w = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let Some(connected) = slot.master() else {
                     continue;
                 };
-                if let Ok(now) = resolve_master(&infos, &name, timeout).await {
+                if let Ok(now) = resolve_master(&infos, &name, timeout, ca.as_deref()).await {
                     if now != connected {
                         tracing::warn!(
                             from = %format!("{}:{}", connected.0, connected.1),
@@ -301,7 +306,7 @@ impl Connector {
                 let mut info: redis::ConnectionInfo =
                     redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
                 info = with_credentials(info, cfg.username.as_deref(), cfg.password.as_deref());
-                let client = redis::Client::open(info)?;
+                let client = client_for(info, cfg.tls_ca_pem.as_deref())?;
                 let mgr_cfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(cfg.connect_timeout))
                     .set_response_timeout(Some(cfg.command_timeout))
@@ -318,15 +323,27 @@ impl Connector {
                 // Sentinel's client protocol: ask a sentinel for the master's address, connect,
                 // and check with ROLE that the node really is the master.
                 let infos = self.sentinel_infos(sentinels)?;
-                let (host, port) = resolve_master(&infos, master_name, cfg.connect_timeout).await?;
+                // Data nodes use TLS when the sentinels do.
+                let scheme = if sentinels.iter().any(|u| u.starts_with("rediss://")) {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                let (host, port) = resolve_master(
+                    &infos,
+                    master_name,
+                    cfg.connect_timeout,
+                    cfg.tls_ca_pem.as_deref(),
+                )
+                .await?;
                 let info = redis::IntoConnectionInfo::into_connection_info(
-                    format!("redis://{host}:{port}").as_str(),
+                    format!("{scheme}://{host}:{port}").as_str(),
                 )?;
                 let info = with_credentials(info, cfg.username.as_deref(), cfg.password.as_deref());
                 let conn_cfg = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(cfg.connect_timeout))
                     .set_response_timeout(Some(cfg.command_timeout));
-                let mut conn = redis::Client::open(info)?
+                let mut conn = client_for(info, cfg.tls_ca_pem.as_deref())?
                     .get_multiplexed_async_connection_with_config(&conn_cfg)
                     .await?;
                 let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
@@ -352,12 +369,32 @@ impl Connector {
                 if let Some(p) = &cfg.password {
                     b = b.password(p);
                 }
+                if let Some(pem) = &cfg.tls_ca_pem {
+                    b = b.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    });
+                }
                 Ok((
                     Conn::Cluster(b.build()?.get_async_connection().await?),
                     None,
                 ))
             }
         }
+    }
+}
+
+/// A client for one node, trusting the configured CA for `rediss://`.
+fn client_for(info: redis::ConnectionInfo, ca: Option<&[u8]>) -> Result<redis::Client, RedisError> {
+    match ca {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(info),
     }
 }
 
@@ -413,6 +450,10 @@ pub struct RedisStore {
 impl RedisStore {
     /// Builds the store; connects on first use (a gateway may start before Redis does).
     pub fn new(cfg: RedisConfig) -> Result<Self, StoreError> {
+        // rustls needs one process-wide crypto provider for `rediss://`; choose ring (the one
+        // reqwest uses too) rather than depend on which crate features happen to be unified.
+        // An error only means a provider is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let keys = Keys::new(&cfg.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
         Ok(Self {
             keys,

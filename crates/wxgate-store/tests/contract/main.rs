@@ -9,6 +9,7 @@
 mod cases;
 mod concurrency;
 mod recovery;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub fn redis_store(topology: Topology, prefix: &str) -> Arc<dyn Store> {
             sentinel_password: None,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
+            tls_ca_pem: None,
         })
         .expect("redis store"),
     )
