@@ -190,3 +190,58 @@ async fn not_ready_without_a_token() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_outcomes_and_wechat_errcodes_by_class() {
+    let gw = spawn().await;
+    assert_eq!(
+        gw.post("/v1/apps/oa/messages/template", &template_body())
+            .await
+            .status,
+        200
+    );
+    let mut bad = template_body();
+    bad["template_id"] = "no-such-template".into();
+    assert_eq!(
+        gw.post("/v1/apps/oa/messages/template", &bad).await.status,
+        502
+    );
+    let r = gw
+        .http
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    for line in [
+        r#"wxgate_sends_total{app="oa",api="template_send",outcome="sent"} 1"#,
+        r#"wxgate_sends_total{app="oa",api="template_send",outcome="app_misconfigured"} 1"#,
+        r#"wxgate_wechat_errors_total{app="oa",api="template_send",errcode="40037",class="config"} 1"#,
+        r#"wxgate_upstream_attempts_total{app="oa",api="template_send"} 2"#,
+        r#"wxgate_permits_total{app="oa",api="template_send",decision="granted"} 2"#,
+        r#"wxgate_send_duration_seconds_count{app="oa",api="template_send"} 2"#,
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(
+        text.contains(r#"wxgate_token_fetches_total{app="oa",outcome="ok"}"#),
+        "{text}"
+    );
+    // No secret, token or recipient in the metrics.
+    let token = gw.oa_calls_to(wxgate_protocol::wire::paths::STABLE_TOKEN)[0]
+        .access_token
+        .clone()
+        .unwrap();
+    for secret in [
+        token.as_str(),
+        wxgate_fake_wechat::demo::OA_SECRET,
+        wxgate_fake_wechat::demo::USER_OPENID,
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked into the metrics");
+    }
+    gw.stop().await;
+}

@@ -11,12 +11,14 @@
 //! - `token`: the per-node token cache in front of the shared store, with single-flight refresh.
 //! - `send`: one send to WeChat, with the one-refresh-one-retry answer to a rejected token.
 //! - [`error`]: the one JSON error shape, and how each failure maps to an HTTP status.
+//! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //!
 //! **Architecture invariant:** this is the only crate that knows actix or HTTP status codes.
 
 mod auth;
 mod body;
 pub mod error;
+pub mod metrics;
 mod registry;
 mod request_id;
 mod routes;

@@ -340,6 +340,13 @@ struct StoredAnswer {
     body: serde_json::Value,
 }
 
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.encode())
+}
+
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }

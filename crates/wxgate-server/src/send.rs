@@ -25,6 +25,7 @@ use wxgate_store::{Acquire, AcquireRequest, DailyQuota, Limit};
 use wxgate_upstream::UpstreamError;
 
 use crate::error::ApiError;
+use crate::metrics::{Metrics, PermitLabels, SendLabels, WechatErrorLabels};
 use crate::startup::AppState;
 use crate::token::TokenError;
 
@@ -81,6 +82,21 @@ pub async fn deliver(
 ) -> Result<Sent, ApiError> {
     let result = attempts(state, app, msg, opts).await;
     let latency_ms = opts.started.elapsed().as_millis() as u64;
+    let m = &state.metrics;
+    let outcome = match &result {
+        Ok(_) => "sent".to_string(),
+        Err(e) => e.code.to_string(),
+    };
+    m.sends
+        .get_or_create(&SendLabels {
+            app: app.name.clone(),
+            api: msg.api().into(),
+            outcome,
+        })
+        .inc();
+    m.send_seconds
+        .get_or_create(&Metrics::api(&app.name, msg.api()))
+        .observe(opts.started.elapsed().as_secs_f64());
     match &result {
         Ok(sent) => tracing::info!(
             app = %app.name,
@@ -131,6 +147,11 @@ async fn attempts(
         attempts += 1;
         permit(state, app, msg, permit_deadline).await?;
         let token = state.tokens.get(app).await.map_err(token_error)?;
+        state
+            .metrics
+            .upstream_attempts
+            .get_or_create(&Metrics::api(&app.name, msg.api()))
+            .inc();
         let outcome = call(state, &token.value, msg).await;
         // May another attempt follow, and is it safe?
         let may_retry = |safe: bool, retries: u32| {
@@ -145,6 +166,16 @@ async fn attempts(
             }
             Ok(answer) => {
                 let class = errcode::classify(answer.errcode, Endpoint::Business);
+                state
+                    .metrics
+                    .wechat_errors
+                    .get_or_create(&WechatErrorLabels {
+                        app: app.name.clone(),
+                        api: msg.api().into(),
+                        errcode: answer.errcode.to_string(),
+                        class: class.as_str().into(),
+                    })
+                    .inc();
                 if class == ErrorClass::TokenRefresh && !token_retried {
                     token_retried = true;
                     state
@@ -256,7 +287,23 @@ async fn permit(
             guard_ms: state.settings.sending.guard.as_millis() as u64,
             permit_id: &permit_id,
         };
-        match state.store.acquire(&req).await {
+        let decision = state.store.acquire(&req).await;
+        let label = match &decision {
+            Ok(Acquire::Granted { .. }) => "granted",
+            Ok(Acquire::Wait { .. }) => "wait",
+            Ok(Acquire::Blocked { .. }) => "blocked",
+            Err(_) => "unavailable",
+        };
+        state
+            .metrics
+            .permits
+            .get_or_create(&PermitLabels {
+                app: app.name.clone(),
+                api: api.into(),
+                decision: label.into(),
+            })
+            .inc();
+        match decision {
             Ok(Acquire::Granted { .. }) => return Ok(()),
             Ok(Acquire::Wait { wait_ms, limit }) => {
                 let wait = Duration::from_millis(wait_ms);

@@ -16,6 +16,7 @@ use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
 use wxgate_store::Store;
 use wxgate_upstream::{UpstreamConfig, WechatClient};
 
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::request_id;
 use crate::routes;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub client: WechatClient,
     pub tokens: Arc<TokenManager>,
     pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub node_id: String,
     /// Per-node permit counter (see `send::permit`).
@@ -108,6 +110,7 @@ impl Application {
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             )
         });
+        let metrics = Arc::new(Metrics::new());
         let t = &settings.token;
         let tokens = Arc::new(TokenManager::new(
             store.clone(),
@@ -122,6 +125,7 @@ impl Application {
                 fetch_per_minute: t.fetch_per_minute,
             },
             settings.apps.values(),
+            metrics.clone(),
         ));
         // Every node runs the refresher; the lease decides which one fetches. It stops (and
         // releases the leases) when the server stops.
@@ -145,6 +149,7 @@ impl Application {
             client,
             tokens,
             registry,
+            metrics,
             clock,
             node_id: node_id.clone(),
             permits: std::sync::atomic::AtomicU64::new(0),
@@ -175,6 +180,7 @@ impl Application {
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .route("/healthz", web::get().to(routes::healthz))
+                .route("/metrics", web::get().to(routes::metrics))
                 .route("/readyz", web::get().to(routes::readyz))
                 .default_service(web::to(routes::not_found))
         })
@@ -343,6 +349,7 @@ pub async fn check_templates_online(settings: &Settings) -> Result<Vec<String>, 
             fetch_per_minute: 10,
         },
         apps.iter(),
+        Arc::new(Metrics::new()),
     );
     let mut checked = settings.clone();
     checked.apps = apps.iter().map(|a| (a.name.clone(), a.clone())).collect();

@@ -94,6 +94,7 @@ struct AppTokens {
 }
 
 pub struct TokenManager {
+    metrics: Arc<crate::metrics::Metrics>,
     store: Arc<dyn Store>,
     client: WechatClient,
     clock: Arc<dyn Clock>,
@@ -114,6 +115,7 @@ impl TokenManager {
         clock: Arc<dyn Clock>,
         cfg: TokenConfig,
         apps: impl IntoIterator<Item = &'a App>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let apps = apps
             .into_iter()
@@ -128,6 +130,7 @@ impl TokenManager {
             })
             .collect();
         Self {
+            metrics,
             store,
             client,
             clock,
@@ -255,6 +258,25 @@ impl TokenManager {
 
     /// Calls the app's token endpoint (this node leads, with `fence`) and stores the result.
     async fn fetch(&self, app: &App, fence: u64) -> Result<Token, TokenError> {
+        let result = self.fetch_inner(app, fence).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(TokenError::Wechat { errcode, .. }) => format!("errcode_{errcode}"),
+            Err(TokenError::Upstream(_)) => "transport".into(),
+            Err(TokenError::Store(_)) => "store".into(),
+            Err(TokenError::Unavailable(_)) => "unavailable".into(),
+        };
+        self.metrics
+            .token_fetches
+            .get_or_create(&crate::metrics::TokenLabels {
+                app: app.name.clone(),
+                outcome,
+            })
+            .inc();
+        result
+    }
+
+    async fn fetch_inner(&self, app: &App, fence: u64) -> Result<Token, TokenError> {
         self.fetch_permit(app).await?;
         let secret = app
             .secret

@@ -1,0 +1,132 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text). Labels are app names, API names,
+//! errcodes and classes from the errcode table, and stable outcome codes — never a token, a
+//! secret, an openid or a request id, so cardinality stays bounded by configuration.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SendLabels {
+    pub app: String,
+    pub api: String,
+    /// `sent`, or the error `code` the caller got.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub app: String,
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WechatErrorLabels {
+    pub app: String,
+    pub api: String,
+    pub errcode: String,
+    /// The class from `wxgate_protocol::errcode::TABLE`.
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PermitLabels {
+    pub app: String,
+    pub api: String,
+    /// `granted`, `wait`, `blocked` or `unavailable`.
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub app: String,
+    /// `ok`, or why not (`errcode_<n>`, `transport`, `store`, `unavailable`).
+    pub outcome: String,
+}
+
+fn send_histogram() -> Histogram {
+    // 1 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sends: Family<SendLabels, Counter>,
+    pub send_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
+    pub upstream_attempts: Family<ApiLabels, Counter>,
+    pub wechat_errors: Family<WechatErrorLabels, Counter>,
+    pub permits: Family<PermitLabels, Counter>,
+    pub token_fetches: Family<TokenLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wxgate");
+        let sends = Family::<SendLabels, Counter>::default();
+        registry.register("sends", "Send requests answered, by outcome", sends.clone());
+        let send_seconds =
+            Family::<ApiLabels, Histogram, fn() -> Histogram>::new_with_constructor(send_histogram);
+        registry.register(
+            "send_duration_seconds",
+            "Time from a send request's arrival to its answer",
+            send_seconds.clone(),
+        );
+        let upstream_attempts = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Calls made to WeChat's send APIs (retries included)",
+            upstream_attempts.clone(),
+        );
+        let wechat_errors = Family::<WechatErrorLabels, Counter>::default();
+        registry.register(
+            "wechat_errors",
+            "Non-zero errcodes WeChat answered to sends, with their class",
+            wechat_errors.clone(),
+        );
+        let permits = Family::<PermitLabels, Counter>::default();
+        registry.register(
+            "permits",
+            "Permit decisions of the shared limiter",
+            permits.clone(),
+        );
+        let token_fetches = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "token_fetches",
+            "Calls to WeChat's token endpoints made by this node (as the refresh leader)",
+            token_fetches.clone(),
+        );
+        Self {
+            registry,
+            sends,
+            send_seconds,
+            upstream_attempts,
+            wechat_errors,
+            permits,
+            token_fetches,
+        }
+    }
+
+    pub fn api(app: &str, api: &str) -> ApiLabels {
+        ApiLabels {
+            app: app.to_string(),
+            api: api.to_string(),
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
