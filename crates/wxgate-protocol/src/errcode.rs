@@ -35,6 +35,16 @@ impl ErrorClass {
         )
     }
 
+    /// When the window behind a limit class resets: the next calendar minute for `RateLimited`,
+    /// 00:00 Beijing time for `QuotaExhausted`; `None` for other classes.
+    pub fn window_reset_ms(self, now_ms: u64) -> Option<u64> {
+        match self {
+            Self::RateLimited => Some(crate::time::next_minute_ms(now_ms)),
+            Self::QuotaExhausted => Some(crate::time::next_beijing_midnight_ms(now_ms)),
+            _ => None,
+        }
+    }
+
     /// Stable lowercase name, used in logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -348,6 +358,13 @@ mod tests {
                 a.errcode
             );
         }
+    }
+
+    #[test]
+    fn window_resets() {
+        assert_eq!(RateLimited.window_reset_ms(59_500), Some(60_000));
+        assert_eq!(QuotaExhausted.window_reset_ms(0), Some(16 * 3_600_000));
+        assert_eq!(Backoff.window_reset_ms(0), None);
     }
 
     #[test]

@@ -68,6 +68,17 @@ impl ApiError {
         self
     }
 
+    /// A 503 for a shared store that cannot be reached: nothing was sent.
+    pub fn store_unavailable(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("{e}; nothing was sent"),
+        )
+        .retryable(true)
+        .retry_after(1)
+    }
+
     /// A 400 for a body that is not the API's JSON shape.
     pub fn invalid_request(field: Option<String>, message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request", message);
@@ -98,17 +109,10 @@ impl ApiError {
         let mut e = Self::new(status, code, message);
         e.wechat_errcode = Some(errcode);
         e.retryable = class.retryable();
-        e.retry_after = match class {
-            ErrorClass::RateLimited => Some(
-                wxgate_protocol::time::next_minute_ms(now_ms).saturating_sub(now_ms) / 1000 + 1,
-            ),
-            ErrorClass::QuotaExhausted => Some(
-                wxgate_protocol::time::next_beijing_midnight_ms(now_ms).saturating_sub(now_ms)
-                    / 1000
-                    + 1,
-            ),
-            ErrorClass::Backoff => Some(1),
-            _ => None,
+        e.retry_after = match class.window_reset_ms(now_ms) {
+            Some(reset) => Some(reset.saturating_sub(now_ms) / 1000 + 1),
+            None if class == ErrorClass::Backoff => Some(1),
+            None => None,
         };
         if class == ErrorClass::QuotaExhausted {
             e.message.push_str(&format!(

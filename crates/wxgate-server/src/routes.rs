@@ -242,19 +242,10 @@ async fn deliver(
     let ttl = state.settings.sending.idempotency_ttl.as_millis() as u64;
     let claim = idem.as_ref().map(|k| format!("{caller}:{}:{k}", msg.api()));
     if let Some(key) = &claim {
-        let unavailable = |e: wxgate_store::StoreError| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("{e}; nothing was sent"),
-            )
-            .retryable(true)
-            .retry_after(1)
-        };
         match store
             .claim_idempotency(&app.appid, key, &rid, ttl)
             .await
-            .map_err(unavailable)?
+            .map_err(ApiError::store_unavailable)?
         {
             IdemClaim::Claimed => {}
             IdemClaim::InProgress { request_id } => {

@@ -21,7 +21,7 @@ use actix_web::http::StatusCode;
 use wxgate_config::App;
 use wxgate_protocol::errcode::{self, Endpoint, ErrorClass};
 use wxgate_protocol::wire::{BizsendMessage, SendResponse, SubscribeMessage, TemplateMessage};
-use wxgate_store::{Acquire, AcquireRequest, DailyQuota, Limit};
+use wxgate_store::{Acquire, AcquireRequest, DailyQuota, Limit, Store};
 use wxgate_upstream::UpstreamError;
 
 use crate::error::ApiError;
@@ -194,9 +194,7 @@ async fn attempts(
                     continue;
                 }
                 let now = state.clock.now_ms();
-                if matches!(class, ErrorClass::RateLimited | ErrorClass::QuotaExhausted) {
-                    shared_block(state, app, msg, answer.errcode, class).await;
-                }
+                pause_api(&*state.store, app, msg.api(), answer.errcode, class).await;
                 return Err(ApiError::from_wechat(
                     answer.errcode,
                     &answer.errmsg,
@@ -348,51 +346,42 @@ async fn permit(
                 .retryable(true)
                 .retry_after(secs));
             }
-            Err(e) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    format!("{e}; nothing was sent"),
-                )
-                .retryable(true)
-                .retry_after(1))
-            }
+            Err(e) => return Err(ApiError::store_unavailable(e)),
         }
     }
 }
 
-/// WeChat said this API is over its minute or daily limit: tell every node, through the store,
-/// to stop sending it for this app until the window resets (next minute, or 00:00 Beijing time).
-async fn shared_block(
-    state: &AppState,
+/// WeChat said an API is over its minute or daily limit: tell every node, through the store, to
+/// stop calling it for this app until the window resets (next minute, or 00:00 Beijing time).
+/// Used for the send APIs and for the token endpoints.
+pub(crate) async fn pause_api(
+    store: &dyn Store,
     app: &App,
-    msg: &Outgoing,
+    api: &str,
     errcode: i64,
     class: ErrorClass,
 ) {
-    let now = match state.store.now_ms().await {
+    if !matches!(class, ErrorClass::RateLimited | ErrorClass::QuotaExhausted) {
+        return;
+    }
+    let now = match store.now_ms().await {
         Ok(now) => now,
         Err(e) => {
             tracing::warn!(error = %e, "cannot set the shared block: store unavailable");
             return;
         }
     };
-    let until = match class {
-        ErrorClass::QuotaExhausted => wxgate_protocol::time::next_beijing_midnight_ms(now),
-        _ => wxgate_protocol::time::next_minute_ms(now),
+    let Some(until) = class.window_reset_ms(now) else {
+        return;
     };
     let reason = format!("WeChat answered {errcode}");
-    match state
-        .store
-        .block(&app.appid, msg.api(), until, &reason)
-        .await
-    {
+    match store.block(&app.appid, api, until, &reason).await {
         Ok(()) => tracing::warn!(
             app = %app.name,
-            api = msg.api(),
+            api,
             errcode,
             until_ms = until,
-            "every node stops sending this API until the window resets"
+            "every node stops calling this API until the window resets"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot set the shared block"),
     }
@@ -462,13 +451,7 @@ pub fn token_error(e: TokenError) -> ApiError {
             e.wechat_errcode = Some(errcode);
             e
         }
-        TokenError::Store(s) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            format!("{s}; nothing was sent"),
-        )
-        .retryable(true)
-        .retry_after(1),
+        TokenError::Store(s) => ApiError::store_unavailable(s),
         TokenError::Unavailable(msg) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "token_unavailable",

@@ -96,14 +96,7 @@ impl Application {
             Some(s) => s,
             None => build_store(&settings, clock.clone())?,
         };
-        let client = WechatClient::new(&UpstreamConfig {
-            base_url: settings.upstream.base_url.clone(),
-            connect_timeout: settings.upstream.connect_timeout,
-            request_timeout: settings.upstream.request_timeout,
-            pool_max_idle_per_host: settings.upstream.pool_max_idle_per_host,
-            ..UpstreamConfig::default()
-        })
-        .map_err(|e| BuildError::Setup(e.to_string()))?;
+        let client = wechat_client(&settings).map_err(BuildError::Setup)?;
         let node_id = settings.server.node_id.clone().unwrap_or_else(|| {
             format!(
                 "wxgate-{}",
@@ -234,6 +227,18 @@ impl Application {
     }
 }
 
+/// The WeChat client as `[upstream]` configures it.
+fn wechat_client(settings: &Settings) -> Result<WechatClient, String> {
+    WechatClient::new(&UpstreamConfig {
+        base_url: settings.upstream.base_url.clone(),
+        connect_timeout: settings.upstream.connect_timeout,
+        request_timeout: settings.upstream.request_timeout,
+        pool_max_idle_per_host: settings.upstream.pool_max_idle_per_host,
+        ..UpstreamConfig::default()
+    })
+    .map_err(|e| e.to_string())
+}
+
 /// The configured store. Redis is wrapped in the `on_unavailable` policy for `acquire`.
 fn build_store(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, BuildError> {
     let st = &settings.store;
@@ -318,13 +323,7 @@ async fn verify_templates(
 /// invalidates a token in use, whatever the app's mode), in memory, touching no shared state.
 /// Returns the problems found; `Err` when WeChat could not be asked.
 pub async fn check_templates_online(settings: &Settings) -> Result<Vec<String>, String> {
-    let client = WechatClient::new(&UpstreamConfig {
-        base_url: settings.upstream.base_url.clone(),
-        connect_timeout: settings.upstream.connect_timeout,
-        request_timeout: settings.upstream.request_timeout,
-        ..UpstreamConfig::default()
-    })
-    .map_err(|e| e.to_string())?;
+    let client = wechat_client(settings)?;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     // Classic apps are checked with a stable token: the two families never affect each other.
     let apps: Vec<wxgate_config::App> = settings

@@ -328,21 +328,7 @@ impl TokenManager {
             Answered::Err(e) => {
                 let class = errcode::classify(e.errcode, Endpoint::Token);
                 tracing::error!(app = %app.name, errcode = e.errcode, class = class.as_str(), errmsg = %e.errmsg, "token endpoint refused");
-                if matches!(class, ErrorClass::RateLimited | ErrorClass::QuotaExhausted) {
-                    if let Ok(now) = self.store.now_ms().await {
-                        let until = match class {
-                            ErrorClass::QuotaExhausted => {
-                                wxgate_protocol::time::next_beijing_midnight_ms(now)
-                            }
-                            _ => wxgate_protocol::time::next_minute_ms(now),
-                        };
-                        let reason = format!("WeChat answered {}", e.errcode);
-                        let _ = self
-                            .store
-                            .block(&app.appid, TOKEN_API, until, &reason)
-                            .await;
-                    }
-                }
+                crate::send::pause_api(&*self.store, app, TOKEN_API, e.errcode, class).await;
                 Err(TokenError::Wechat {
                     errcode: e.errcode,
                     errmsg: e.errmsg,

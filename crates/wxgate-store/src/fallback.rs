@@ -123,8 +123,11 @@ impl Store for FallbackStore {
         until_ms: u64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        // Blocks are also kept locally, so a node in local-share mode honours them.
-        self.local.block(appid, api, until_ms, reason).await?;
+        // With a local share, blocks are also kept locally so the node honours them when Redis
+        // is gone; failing closed needs no local copy.
+        if matches!(self.policy, OnUnavailable::LocalShare { .. }) {
+            self.local.block(appid, api, until_ms, reason).await?;
+        }
         self.primary.block(appid, api, until_ms, reason).await
     }
     async fn acquire_lease(

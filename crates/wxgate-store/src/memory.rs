@@ -28,8 +28,8 @@ struct State {
     fences: HashMap<String, u64>,
     /// appid → (node, expires_at_ms)
     leases: HashMap<String, (String, u64)>,
-    /// (appid, "name:window") → grant times (ms), oldest first
-    windows: HashMap<AppKey, VecDeque<u64>>,
+    /// (appid, name, window_ms) → grant times (ms), oldest first
+    windows: HashMap<(String, String, u64), VecDeque<u64>>,
     /// (appid, name) → (Beijing day, used)
     quotas: HashMap<AppKey, (u64, u64)>,
     /// (appid, api) → (until_ms, reason)
@@ -89,12 +89,7 @@ impl MemoryStore {
 }
 
 fn sweep(st: &mut State, now: u64) {
-    st.windows.retain(|(_, name), q| {
-        let window_ms: u64 = name
-            .rsplit(':')
-            .next()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(0);
+    st.windows.retain(|(_, _, window_ms), q| {
         q.back()
             .is_some_and(|last| last + window_ms + MAX_GUARD_MS > now)
     });
@@ -237,8 +232,10 @@ impl Store for MemoryStore {
         let mut wait: Option<(u64, String)> = None;
         for l in req.limits {
             let span = l.window_ms + req.guard_ms;
-            let key = k(app, &format!("{}:{}", l.name, l.window_ms));
-            let q = st.windows.entry(key).or_default();
+            let q = st
+                .windows
+                .entry((app.to_string(), l.name.clone(), l.window_ms))
+                .or_default();
             while q.front().is_some_and(|t| t + span <= now) {
                 q.pop_front();
             }
@@ -259,8 +256,10 @@ impl Store for MemoryStore {
         }
 
         for l in req.limits {
-            let key = k(app, &format!("{}:{}", l.name, l.window_ms));
-            st.windows.entry(key).or_default().push_back(now);
+            st.windows
+                .entry((app.to_string(), l.name.clone(), l.window_ms))
+                .or_default()
+                .push_back(now);
         }
         for q in req.quotas {
             let e = st.quotas.entry(k(app, &q.name)).or_insert((today, 0));

@@ -138,6 +138,38 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// One connection type for the store's calls, whatever the topology.
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The connection slot, shared with the Sentinel watcher.
 #[derive(Default)]
 struct Slot {
@@ -471,35 +503,43 @@ impl RedisStore {
         &self.keys
     }
 
-    /// Runs a script invocation (EVALSHA, NOSCRIPT → load and retry) within the command
-    /// timeout. A failover answer (`READONLY`: we reached a demoted master) or a refused
-    /// connection means the command did not run: drop the connection and retry once on a
-    /// fresh one. Other errors are not retried: a script that may have run must not run twice.
+    /// Runs a script invocation (EVALSHA, NOSCRIPT → load and retry); see [`Self::exec`].
     async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.exec(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
+            .await
+    }
+
+    /// Runs a single command; see [`Self::exec`].
+    async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.exec(|mut c| async move { cmd.query_async::<T>(&mut c).await })
+            .await
+    }
+
+    /// Runs `op` on the current connection within the command timeout. A connection-level
+    /// failure drops the connection (the next call reconnects, with Sentinel to the current
+    /// master). An answer proving the command did not run (`READONLY`: we reached a demoted
+    /// master; a refused connection) is retried once on a fresh connection. Other errors are not
+    /// retried: a script that may have run must not run twice.
+    async fn exec<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let mut retried = false;
         loop {
             let conn = self.conn.get().await?;
-            let res = tokio::time::timeout(self.conn.cfg.command_timeout, async {
-                match conn {
-                    Conn::Managed(mut c) => inv.invoke_async::<T>(&mut c).await,
-                    Conn::Plain(mut c) => inv.invoke_async::<T>(&mut c).await,
-                    Conn::Cluster(mut c) => inv.invoke_async::<T>(&mut c).await,
-                }
-            })
-            .await;
-            match res {
+            match tokio::time::timeout(self.conn.cfg.command_timeout, op(conn)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
-                    let unavailable = matches!(classify(&e), StoreError::Unavailable(_));
-                    if unavailable {
+                    let err = classify(&e);
+                    if matches!(err, StoreError::Unavailable(_)) {
                         self.conn.reset();
                     }
-                    let did_not_run = is_readonly(&e) || e.is_connection_refusal();
-                    if did_not_run && !retried {
+                    if (is_readonly(&e) || e.is_connection_refusal()) && !retried {
                         retried = true;
                         continue;
                     }
-                    return Err(classify(&e));
+                    return Err(err);
                 }
                 Err(_) => {
                     self.conn.reset();
@@ -507,34 +547,6 @@ impl RedisStore {
                         "Redis did not answer in time".into(),
                     ));
                 }
-            }
-        }
-    }
-
-    async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let conn = self.conn.get().await?;
-        let res = tokio::time::timeout(self.conn.cfg.command_timeout, async {
-            match conn {
-                Conn::Managed(mut c) => cmd.query_async::<T>(&mut c).await,
-                Conn::Plain(mut c) => cmd.query_async::<T>(&mut c).await,
-                Conn::Cluster(mut c) => cmd.query_async::<T>(&mut c).await,
-            }
-        })
-        .await;
-        match res {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let err = classify(&e);
-                if matches!(err, StoreError::Unavailable(_)) {
-                    self.conn.reset();
-                }
-                Err(err)
-            }
-            Err(_) => {
-                self.conn.reset();
-                Err(StoreError::Unavailable(
-                    "Redis did not answer in time".into(),
-                ))
             }
         }
     }
