@@ -24,6 +24,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 pub use raw::{AppKind, OnUnavailable, RedisMode, Scope, StoreKind, TokenMode};
 use secrecy::SecretString;
+pub use sending::OnStateLoss;
 
 /// A configuration that cannot be used, with the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,8 @@ pub struct TokenSettings {
     pub wait_for_token: Duration,
     /// Token-endpoint calls allowed per app per minute, cluster-wide (storm guard).
     pub fetch_per_minute: u64,
+    /// A token is not used this close to its expiry (its trip to WeChat must fit).
+    pub expiry_margin: Duration,
 }
 
 /// One WeChat app (Official Account or Mini Program).

@@ -281,6 +281,7 @@ struct RawToken {
     check_interval_ms: u64,
     wait_for_token_ms: u64,
     fetch_per_minute: u64,
+    expiry_margin_ms: u64,
 }
 
 impl Default for RawToken {
@@ -291,6 +292,7 @@ impl Default for RawToken {
             check_interval_ms: 1_000,
             wait_for_token_ms: 5_000,
             fetch_per_minute: 20,
+            expiry_margin_ms: 10_000,
         }
     }
 }
@@ -660,7 +662,14 @@ impl RawSettings {
                 "must be at least 1",
             ));
         }
+        if t.expiry_margin_ms > 600_000 {
+            return Err(ConfigError::at(
+                "token.expiry_margin_ms",
+                "must be at most 600000",
+            ));
+        }
         let token = TokenSettings {
+            expiry_margin: Duration::from_millis(t.expiry_margin_ms),
             refresh_ahead: Duration::from_secs(t.refresh_ahead_secs),
             lease_ttl: Duration::from_millis(t.lease_ttl_ms),
             check_interval: Duration::from_millis(t.check_interval_ms),
@@ -668,7 +677,12 @@ impl RawSettings {
             fetch_per_minute: t.fetch_per_minute,
         };
 
-        let sending = sending::sending(self.limits, self.retry, self.idempotency)?;
+        let sending = sending::sending(
+            self.limits,
+            self.retry,
+            self.idempotency,
+            Duration::from_millis(self.upstream.request_timeout_ms),
+        )?;
         if self.server.environment.is_empty() || !valid_name(&self.server.environment) {
             return Err(ConfigError::at(
                 "server.environment",

@@ -8,8 +8,7 @@ use serde::Deserialize;
 
 use crate::ConfigError;
 
-/// The APIs limits and quotas apply to.
-pub const APIS: [&str; 2] = ["template_send", "subscribe_send"];
+use wxgate_protocol::api::Api;
 
 /// One sliding window: at most `limit` calls in any `window_ms` (plus the guard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -31,11 +30,11 @@ pub(crate) struct RawAppLimits {
 /// An app's limits, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppLimits {
-    /// API name → windows.
-    pub per_api: BTreeMap<String, Vec<Window>>,
+    /// API → windows.
+    pub per_api: BTreeMap<Api, Vec<Window>>,
     pub per_recipient: Vec<Window>,
-    /// API name → calls per Beijing day.
-    pub quotas: BTreeMap<String, u64>,
+    /// API → calls per Beijing day.
+    pub quotas: BTreeMap<Api, u64>,
 }
 
 fn windows(field: &str, w: &[Window]) -> Result<(), ConfigError> {
@@ -70,31 +69,35 @@ pub(crate) fn app_limits(
         &format!("apps.{app}.limits.per_recipient"),
         &raw.per_recipient,
     )?;
-    for (api, n) in &quotas {
-        if !APIS.contains(&api.as_str()) {
-            return Err(ConfigError::at(
-                format!("apps.{app}.quotas.{api}"),
-                "quotas apply to template_send and subscribe_send",
-            ));
-        }
+    let mut typed = BTreeMap::new();
+    for (name, n) in &quotas {
+        let api = Api::parse(name)
+            .filter(|a| Api::SENDS.contains(a))
+            .ok_or_else(|| {
+                ConfigError::at(
+                    format!("apps.{app}.quotas.{name}"),
+                    "quotas apply to template_send and subscribe_send",
+                )
+            })?;
         if *n == 0 {
             return Err(ConfigError::at(
-                format!("apps.{app}.quotas.{api}"),
+                format!("apps.{app}.quotas.{name}"),
                 "must be at least 1",
             ));
         }
+        typed.insert(api, *n);
     }
     let mut per_api = BTreeMap::new();
     if !raw.template_send.is_empty() {
-        per_api.insert("template_send".to_string(), raw.template_send);
+        per_api.insert(Api::TemplateSend, raw.template_send);
     }
     if !raw.subscribe_send.is_empty() {
-        per_api.insert("subscribe_send".to_string(), raw.subscribe_send);
+        per_api.insert(Api::SubscribeSend, raw.subscribe_send);
     }
     Ok(AppLimits {
         per_api,
         per_recipient: raw.per_recipient,
-        quotas,
+        quotas: typed,
     })
 }
 
@@ -233,6 +236,10 @@ pub(crate) struct RawSending {
     guard_ms: u64,
     /// Cap on `Prefer: wait=N`.
     max_wait_secs: u64,
+    /// What a grant does after Redis lost the limiter's state.
+    on_state_loss: OnStateLoss,
+    /// Windows up to this long are held after a state loss; longer ones restart empty.
+    hold_max_window_ms: u64,
 }
 
 impl Default for RawSending {
@@ -240,8 +247,22 @@ impl Default for RawSending {
         Self {
             guard_ms: 100,
             max_wait_secs: 10,
+            on_state_loss: OnStateLoss::Hold,
+            hold_max_window_ms: 300_000,
         }
     }
+}
+
+/// What the limiter does when it finds that the shared store lost its state (a Redis restart
+/// without persistence, a failover to a replica that missed the last grants, a flush).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStateLoss {
+    /// Treat every window up to `hold_max_window_ms` as full until one window + guard has
+    /// passed since the loss was detected: no interval can then hold more than N.
+    Hold,
+    /// Start again from empty windows (up to N more than the limit within one window).
+    Admit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,11 +289,16 @@ impl Default for RawRetry {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawIdempotency {
     ttl_secs: u64,
+    /// How long a claim lives without renewal (default: retry deadline + request timeout + 1 s).
+    lease_ms: Option<u64>,
 }
 
 impl Default for RawIdempotency {
     fn default() -> Self {
-        Self { ttl_secs: 86_400 }
+        Self {
+            ttl_secs: 86_400,
+            lease_ms: None,
+        }
     }
 }
 
@@ -289,12 +315,19 @@ pub struct SendingSettings {
     pub max_backoff: Duration,
     /// How long an idempotency key's result is kept.
     pub idempotency_ttl: Duration,
+    /// How long an idempotency claim lives unless its request renews it; a claim whose
+    /// request died is taken over after it.
+    pub idempotency_lease: Duration,
+    pub on_state_loss: OnStateLoss,
+    /// Windows up to this long are held after a state loss.
+    pub hold_max_window: Duration,
 }
 
 pub(crate) fn sending(
     s: RawSending,
     r: RawRetry,
     i: RawIdempotency,
+    request_timeout: Duration,
 ) -> Result<SendingSettings, ConfigError> {
     if s.guard_ms > 10_000 {
         return Err(ConfigError::at("limits.guard_ms", "must be at most 10000"));
@@ -323,7 +356,27 @@ pub(crate) fn sending(
             "must be between 60 and 604800",
         ));
     }
+    // A claim must outlive one attempt's silence: the retry deadline plus the request timeout
+    // of the last attempt, with a margin for the renewal's own round trip.
+    let lease_ms = i
+        .lease_ms
+        .unwrap_or(r.deadline_ms + request_timeout.as_millis() as u64 + 1_000);
+    if !(500..=600_000).contains(&lease_ms) {
+        return Err(ConfigError::at(
+            "idempotency.lease_ms",
+            "must be between 500 and 600000",
+        ));
+    }
+    if !(1_000..=3_600_000).contains(&s.hold_max_window_ms) {
+        return Err(ConfigError::at(
+            "limits.hold_max_window_ms",
+            "must be between 1000 and 3600000",
+        ));
+    }
     Ok(SendingSettings {
+        idempotency_lease: Duration::from_millis(lease_ms),
+        on_state_loss: s.on_state_loss,
+        hold_max_window: Duration::from_millis(s.hold_max_window_ms),
         guard: Duration::from_millis(s.guard_ms),
         max_wait: Duration::from_secs(s.max_wait_secs),
         max_attempts: r.max_attempts,

@@ -257,9 +257,15 @@ prod = "tmpl-prod-1"
         app.templates["shipped"].id, "tmpl-prod-1",
         "the id of server.environment"
     );
-    assert_eq!(app.limits.per_api["template_send"][0].limit, 900);
+    assert_eq!(
+        app.limits.per_api[&wxgate_protocol::api::Api::TemplateSend][0].limit,
+        900
+    );
     assert_eq!(app.limits.per_recipient[0].window_ms, 3_600_000);
-    assert_eq!(app.limits.quotas["template_send"], 100_000);
+    assert_eq!(
+        app.limits.quotas[&wxgate_protocol::api::Api::TemplateSend],
+        100_000
+    );
     assert_eq!(s.sending.max_attempts, 3);
     assert_eq!(s.sending.guard, Duration::from_millis(100));
 

@@ -8,7 +8,8 @@
 //! error and logged at warn level so the table can grow.
 
 /// What the gateway does about an errcode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// The access_token was rejected: invalidate exactly that token, refresh once, retry once.
     TokenRefresh,

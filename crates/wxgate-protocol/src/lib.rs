@@ -1,6 +1,8 @@
 //! The WeChat protocol as wxgate speaks it, with no IO.
 //!
 //! # Layout
+//! - [`api`]: the APIs wxgate limits and counts ([`api::Api`]), WeChat's token-endpoint quotas
+//!   and its `client_msg_id` de-duplication window.
 //! - [`wire`]: request and response bodies of every WeChat endpoint wxgate calls
 //!   (`/cgi-bin/token`, `/cgi-bin/stable_token`, template send, subscribe send, bizsend,
 //!   template listings). `msgid` is a `u64`: WeChat's ids exceed `i32` and `2^53`.
@@ -13,6 +15,7 @@
 //!
 //! Both the gateway and the fake WeChat use this crate, so the two cannot drift apart.
 
+pub mod api;
 pub mod data_rules;
 pub mod errcode;
 pub mod template_content;

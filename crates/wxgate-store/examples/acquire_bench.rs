@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
-use wxgate_store::{Acquire, AcquireRequest, DailyQuota, Limit, Store};
+use wxgate_store::{Acquire, AcquireRequest, DailyQuota, Health, Limit, Limiter};
 
 #[tokio::main]
 async fn main() {
@@ -51,25 +51,25 @@ async fn main() {
             let mut i = t as u64;
             while started.elapsed() < run {
                 i += concurrency as u64;
-                let user = format!("user:o-bench-{}", i % 1000);
+                let user = format!("o-bench-{}", i % 1000);
                 let mut limits = vec![Limit {
-                    name: "template_send".into(),
+                    scope: wxgate_store::LimitScope::Api(wxgate_store::Api::TemplateSend),
                     limit: 1_000_000,
                     window_ms: 1_000,
                 }];
                 let mut quotas = Vec::new();
-                let mut blocks: &[&str] = &[];
+                let mut blocks: &[wxgate_store::Api] = &[];
                 if !single {
                     limits.push(Limit {
-                        name: user,
+                        scope: wxgate_store::LimitScope::Recipient(user),
                         limit: 20,
                         window_ms: 60_000,
                     });
                     quotas.push(DailyQuota {
-                        name: "template_send".into(),
+                        api: wxgate_store::Api::TemplateSend,
                         limit: 1_000_000_000,
                     });
-                    blocks = &["template_send"];
+                    blocks = &[wxgate_store::Api::TemplateSend];
                 }
                 let id = format!("bench-{t}-{i}");
                 let req = AcquireRequest {
@@ -79,8 +79,10 @@ async fn main() {
                     blocks,
                     guard_ms: 100,
                     permit_id: &id,
+                    known_seq: 0,
+                    loss: Default::default(),
                 };
-                match store.acquire(&req).await.expect("acquire") {
+                match store.acquire(&req).await.expect("acquire").decision {
                     Acquire::Granted { .. } => granted.fetch_add(1, Ordering::Relaxed),
                     _ => waited.fetch_add(1, Ordering::Relaxed),
                 };

@@ -1,4 +1,5 @@
-//! What `acquire` does when the shared store is unreachable.
+//! What the limiter does when the shared store is unreachable. It wraps only the [`Limiter`]
+//! role: tokens, leases and idempotency have no safe local substitute and fail as they are.
 //!
 //! - [`OnUnavailable::FailClosed`] (default): the error goes up and the send is answered 503
 //!   with `Retry-After`. Nothing is sent that the cluster could not count.
@@ -6,9 +7,6 @@
 //!   limit divided by the expected number of replicas (rounded down). With N replicas the
 //!   cluster then stays within the limit as long as no more than N nodes run; it never fails
 //!   open (no node sends without counting).
-//!
-//! Every other operation passes straight through: tokens, leases and idempotency have no safe
-//! local substitute.
 
 use std::sync::Arc;
 
@@ -16,8 +14,7 @@ use async_trait::async_trait;
 
 use crate::memory::MemoryStore;
 use crate::{
-    Acquire, AcquireRequest, DailyQuota, ExternalToken, IdemClaim, Limit, NewToken, Store,
-    StoreError, StoredToken, TokenWrite,
+    Acquire, AcquireReply, AcquireRequest, Api, DailyQuota, Limit, Limiter, StoreError,
 };
 
 /// The policy when the store is unreachable.
@@ -27,60 +24,31 @@ pub enum OnUnavailable {
     LocalShare { expected_replicas: u64 },
 }
 
-/// A store with a policy for `acquire` when it is unreachable.
-pub struct FallbackStore {
-    primary: Arc<dyn Store>,
+/// A limiter with a policy for when its store is unreachable.
+pub struct FallbackLimiter {
+    primary: Arc<dyn Limiter>,
     local: MemoryStore,
     policy: OnUnavailable,
 }
 
-impl FallbackStore {
-    pub fn new(primary: Arc<dyn Store>, policy: OnUnavailable) -> Self {
+impl FallbackLimiter {
+    pub fn new(primary: Arc<dyn Limiter>, policy: OnUnavailable) -> Self {
         Self {
             primary,
             local: MemoryStore::new(),
             policy,
         }
     }
+
+    /// Whether this node can still admit sends while the store is unreachable.
+    pub fn admits_without_store(&self) -> bool {
+        matches!(self.policy, OnUnavailable::LocalShare { .. })
+    }
 }
 
 #[async_trait]
-impl Store for FallbackStore {
-    fn backend(&self) -> &'static str {
-        self.primary.backend()
-    }
-    async fn now_ms(&self) -> Result<u64, StoreError> {
-        self.primary.now_ms().await
-    }
-    async fn read_token(&self, appid: &str) -> Result<Option<StoredToken>, StoreError> {
-        self.primary.read_token(appid).await
-    }
-    async fn write_token(&self, appid: &str, token: &NewToken) -> Result<TokenWrite, StoreError> {
-        self.primary.write_token(appid, token).await
-    }
-    async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError> {
-        self.primary.invalidate_token(appid, bad_token).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.primary.ping().await
-    }
-    async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
-        self.primary.read_external_token(key).await
-    }
-    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
-        self.primary.get_cached(appid, name).await
-    }
-    async fn put_cached(
-        &self,
-        appid: &str,
-        name: &str,
-        value: &str,
-        ttl_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.primary.put_cached(appid, name, value, ttl_ms).await
-    }
-
-    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError> {
+impl Limiter for FallbackLimiter {
+    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError> {
         match self.primary.acquire(req).await {
             Err(StoreError::Unavailable(e)) => match self.policy {
                 OnUnavailable::FailClosed => Err(StoreError::Unavailable(e)),
@@ -103,13 +71,21 @@ impl Store for FallbackStore {
                             ..q.clone()
                         })
                         .collect();
-                    self.local
+                    let mut reply = self
+                        .local
                         .acquire(&AcquireRequest {
                             limits: &limits,
                             quotas: &quotas,
+                            known_seq: 0,
                             ..req.clone()
                         })
-                        .await
+                        .await?;
+                    // The local sequence is not the shared one: never report it.
+                    if let Acquire::Granted { seq, .. } = &mut reply.decision {
+                        *seq = 0;
+                    }
+                    reply.state_loss = false;
+                    Ok(reply)
                 }
             },
             other => other,
@@ -119,65 +95,15 @@ impl Store for FallbackStore {
     async fn block(
         &self,
         appid: &str,
-        api: &str,
+        api: Api,
         until_ms: u64,
-        reason: &str,
+        errcode: i64,
     ) -> Result<(), StoreError> {
-        // With a local share, blocks are also kept locally so the node honours them when Redis
+        // With a local share, pauses are also kept locally so the node honours them when Redis
         // is gone; failing closed needs no local copy.
-        if matches!(self.policy, OnUnavailable::LocalShare { .. }) {
-            self.local.block(appid, api, until_ms, reason).await?;
+        if self.admits_without_store() {
+            self.local.block(appid, api, until_ms, errcode).await?;
         }
-        self.primary.block(appid, api, until_ms, reason).await
-    }
-    async fn acquire_lease(
-        &self,
-        appid: &str,
-        node: &str,
-        ttl_ms: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        self.primary.acquire_lease(appid, node, ttl_ms).await
-    }
-    async fn renew_lease(&self, appid: &str, node: &str, ttl_ms: u64) -> Result<bool, StoreError> {
-        self.primary.renew_lease(appid, node, ttl_ms).await
-    }
-    async fn release_lease(&self, appid: &str, node: &str) -> Result<bool, StoreError> {
-        self.primary.release_lease(appid, node).await
-    }
-    async fn lease_holder(&self, appid: &str) -> Result<Option<String>, StoreError> {
-        self.primary.lease_holder(appid).await
-    }
-    async fn claim_idempotency(
-        &self,
-        appid: &str,
-        key: &str,
-        request_id: &str,
-        ttl_ms: u64,
-    ) -> Result<IdemClaim, StoreError> {
-        self.primary
-            .claim_idempotency(appid, key, request_id, ttl_ms)
-            .await
-    }
-    async fn complete_idempotency(
-        &self,
-        appid: &str,
-        key: &str,
-        request_id: &str,
-        result: &str,
-        ttl_ms: u64,
-    ) -> Result<bool, StoreError> {
-        self.primary
-            .complete_idempotency(appid, key, request_id, result, ttl_ms)
-            .await
-    }
-    async fn release_idempotency(
-        &self,
-        appid: &str,
-        key: &str,
-        request_id: &str,
-    ) -> Result<bool, StoreError> {
-        self.primary
-            .release_idempotency(appid, key, request_id)
-            .await
+        self.primary.block(appid, api, until_ms, errcode).await
     }
 }

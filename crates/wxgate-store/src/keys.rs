@@ -55,6 +55,12 @@ impl Keys {
         self.app(appid, "fence")
     }
 
+    /// Hash: `seq` (the app's grant sequence), `lost_at_ms` (when a state loss was last
+    /// detected). No TTL: its disappearance is how a loss is detected.
+    pub fn epoch(&self, appid: &str) -> String {
+        self.app(appid, "epoch")
+    }
+
     /// Sorted set: one member per permit, scored by its grant time in µs (Redis clock).
     pub fn window(&self, appid: &str, name: &str, window_ms: u64) -> String {
         self.app(appid, &format!("rl:{name}:{window_ms}"))
@@ -65,7 +71,7 @@ impl Keys {
         self.app(appid, &format!("quota:{name}"))
     }
 
-    /// String: why sending `api` is blocked; expires when the block ends.
+    /// String: the errcode WeChat answered that paused `api`; expires when the pause ends.
     pub fn block(&self, appid: &str, api: &str) -> String {
         self.app(appid, &format!("block:{api}"))
     }
@@ -75,7 +81,8 @@ impl Keys {
         self.app(appid, &format!("cache:{name}"))
     }
 
-    /// Hash: `state` (`in_progress` | `done`), `request_id`, `result`.
+    /// Hash: `state` (`in_progress` | `done`), `request_id`, `result`, `api`, `client_msg_id`,
+    /// `first_attempt_ms`, `lease_until_ms`, `created_ms`.
     pub fn idempotency(&self, appid: &str, key: &str) -> String {
         self.app(appid, &format!("idem:{key}"))
     }
@@ -101,6 +108,7 @@ mod tests {
             "wxgate:{wx1}:quota:template_send"
         );
         assert_eq!(k.idempotency("wx1", "order-1"), "wxgate:{wx1}:idem:order-1");
+        assert_eq!(k.epoch("wx1"), "wxgate:{wx1}:epoch");
         assert!(Keys::new("a{b}").is_err());
         assert!(Keys::new("").is_err());
     }

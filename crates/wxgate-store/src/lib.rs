@@ -1,16 +1,20 @@
 //! The shared state of a wxgate cluster, behind one contract.
 //!
-//! The gateway nodes are stateless: whatever must be shared (the access_token today; rate-limit
-//! windows, leader leases and idempotency records with the Redis backend) goes through
-//! [`Store`]. Every operation is a single atomic read-modify-write, so that a Redis backend can
+//! The gateway nodes are stateless: whatever must be shared (the access_token, rate-limit
+//! windows, leader leases, idempotency records, cached template lists) goes through this
+//! contract. Every operation is a single atomic read-modify-write, so that a Redis backend can
 //! implement each one as one Lua script and the in-memory backend as one critical section.
 //!
 //! # Layout
-//! - [`Store`] and its value types: the contract.
+//! - The contract, one trait per role: [`Health`] (clock, ping), [`TokenStore`] (the shared
+//!   token), [`Limiter`] (windows, quotas, pauses), [`Leases`] (refresh leadership),
+//!   [`Idempotency`] (claims and kept answers), [`Cache`]. [`Store`] is all of them, and
+//!   [`SharedState`] hands each role to its user, so a policy can wrap one role alone (the
+//!   fallback wraps only the limiter).
 //! - [`memory::MemoryStore`]: the single-node backend (the embedded default).
 //! - [`redis_store::RedisStore`]: the cluster backend — one Lua script per operation, on standalone,
 //!   Sentinel or Cluster Redis; [`keys::Keys`] names every key it touches.
-//! - [`fallback::FallbackStore`]: what happens to `acquire` when Redis is unreachable (fail
+//! - [`fallback::FallbackLimiter`]: what happens to `acquire` when Redis is unreachable (fail
 //!   closed by default, or a local share of each limit).
 //! - [`clock`]: where "now" comes from. The Redis backend uses Redis `TIME` inside its scripts;
 //!   the memory backend a [`clock::Clock`] that tests can move by hand.
@@ -25,8 +29,10 @@ pub mod memory;
 pub mod redis_store;
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+pub use wxgate_protocol::api::Api;
 
 /// Where a stored token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,12 +92,16 @@ pub fn mask(secret: &str) -> String {
     format!("***{tail}({n} chars)")
 }
 
-/// A token just fetched from WeChat, to be stored. The store stamps it with its own clock
-/// (`fetched_at_ms`, `expires_at_ms = now + expires_in_ms`), so every node agrees on its expiry.
+/// A token just fetched from WeChat, to be stored. The store stamps it with its own clock,
+/// counted from when the fetch was *sent* (`fetched_at_ms = now - age_ms`, `expires_at_ms =
+/// fetched_at_ms + expires_in_ms`): WeChat's clock started at its answer, which came after the
+/// request left, so this never overstates the token's life. Every node agrees on its expiry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewToken {
     pub access_token: String,
     pub expires_in_ms: u64,
+    /// Time since the fetch request was sent.
+    pub age_ms: u64,
     /// The writer's leadership fence (0 for a single node without leadership).
     pub fence: u64,
     pub node: String,
@@ -103,6 +113,7 @@ impl fmt::Debug for NewToken {
         f.debug_struct("NewToken")
             .field("access_token", &mask(&self.access_token))
             .field("expires_in_ms", &self.expires_in_ms)
+            .field("age_ms", &self.age_ms)
             .field("fence", &self.fence)
             .field("node", &self.node)
             .field("source", &self.source)
@@ -128,49 +139,118 @@ pub enum StoreError {
     Protocol(String),
 }
 
+/// What one sliding window limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Every call of the app to one API.
+    Api(Api),
+    /// Every message of the app to one recipient (openid), whatever the API.
+    Recipient(String),
+}
+
 /// One sliding-window limit: at most `limit` permits in any interval of `window_ms` (plus the
 /// request's guard).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
-    /// What is limited, as it appears in the key: `template_send`, `user:<openid>`, ...
-    pub name: String,
+    pub scope: LimitScope,
     pub limit: u64,
     pub window_ms: u64,
+}
+
+impl Limit {
+    /// What is limited, as it appears in the key: `template_send`, `user:<openid>`.
+    pub fn name(&self) -> String {
+        match &self.scope {
+            LimitScope::Api(api) => api.as_str().to_string(),
+            LimitScope::Recipient(openid) => format!("user:{openid}"),
+        }
+    }
 }
 
 /// A daily quota on WeChat's calendar: at most `limit` permits per Beijing day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailyQuota {
-    /// What is counted: `template_send`, ...
-    pub name: String,
+    pub api: Api,
     pub limit: u64,
 }
 
+/// What a grant does when the store has lost the limiter's state (see [`Acquire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossPolicy {
+    /// Hold windows full for one window + guard after a detected loss (else admit at once).
+    pub hold: bool,
+    /// Only windows up to this long are held; longer ones and daily quotas restart empty.
+    pub hold_max_window_ms: u64,
+}
+
+impl Default for LossPolicy {
+    fn default() -> Self {
+        Self {
+            hold: true,
+            hold_max_window_ms: 300_000,
+        }
+    }
+}
+
 /// Everything one send must pass. `acquire` consumes from every limit and quota, or from none.
+///
+/// **State loss.** Every grant advances the app's grant sequence in the store and returns it;
+/// the caller passes back the highest sequence it has seen (`known_seq`). A store whose
+/// sequence is below it (the key is gone: a restart without persistence, a flush; or a
+/// failover to a replica that missed the last grants) has lost grants: the loss is recorded,
+/// reported once ([`AcquireReply::state_loss`]) and, with [`LossPolicy::hold`], every window
+/// up to `hold_max_window_ms` counts as full until one window + guard after it.
 #[derive(Debug, Clone)]
 pub struct AcquireRequest<'a> {
     pub appid: &'a str,
     pub limits: &'a [Limit],
     pub quotas: &'a [DailyQuota],
-    /// Shared blocks to honour (set by [`Store::block`]), by API name.
-    pub blocks: &'a [&'a str],
+    /// Pauses to honour (set by [`Limiter::block`]).
+    pub blocks: &'a [Api],
     /// Extra time every window entry is kept, so the count also holds where WeChat receives
     /// the call (network jitter shifts arrivals).
     pub guard_ms: u64,
-    /// Unique per attempt (a UUID): makes each permit a distinct window entry.
+    /// Unique per attempt: makes each permit a distinct window entry.
     pub permit_id: &'a str,
+    /// The highest grant sequence of this app the caller has seen (0: none).
+    pub known_seq: u64,
+    pub loss: LossPolicy,
 }
 
-/// The answer of [`Store::acquire`].
+/// Why nothing will be granted before a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockCause {
+    /// WeChat answered a limit errcode (45009, 45011, ...) and every node pauses the API.
+    Paused { api: Api, errcode: i64 },
+    /// The configured daily quota of the API is used up.
+    Quota { api: Api, limit: u64 },
+}
+
+/// The decision of [`Limiter::acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquire {
-    /// Permits taken from every limit and quota, at `now_ms` of the store's clock.
-    Granted { now_ms: u64 },
+    /// Permits taken from every limit and quota, at `now_ms` of the store's clock; `seq` is the
+    /// app's grant sequence after this grant (0 where the backend keeps none).
+    Granted { now_ms: u64, seq: u64 },
     /// A window is full: nothing was taken; one permit frees up in `wait_ms` at the earliest.
-    Wait { wait_ms: u64, limit: String },
-    /// A daily quota is used up or a block is set: nothing was taken, nothing will be granted
+    /// `window` indexes the request's `limits`; `held` when it only counts as full because the
+    /// store lost its state.
+    Wait {
+        wait_ms: u64,
+        window: usize,
+        held: bool,
+    },
+    /// A daily quota is used up or a pause is set: nothing was taken, nothing will be granted
     /// before `until_ms` (unix ms, store clock).
-    Blocked { until_ms: u64, reason: String },
+    Blocked { until_ms: u64, cause: BlockCause },
+}
+
+/// The answer of [`Limiter::acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcquireReply {
+    pub decision: Acquire,
+    /// This call found that the store had lost the app's limiter state.
+    pub state_loss: bool,
 }
 
 /// A token read from a key another system owns.
@@ -193,26 +273,65 @@ impl fmt::Debug for ExternalToken {
     }
 }
 
-/// The answer of [`Store::claim_idempotency`].
+/// A request to claim an idempotency key.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub key: &'a str,
+    pub request_id: &'a str,
+    pub api: Api,
+    /// The `client_msg_id` the request sends with (template sends), kept for a successor.
+    pub client_msg_id: Option<&'a str>,
+    /// How long the claim lives unless renewed.
+    pub lease_ms: u64,
+    /// How long the record (and later the answer) is kept.
+    pub ttl_ms: u64,
+}
+
+/// What a claim whose request died (or gave up without an answer) left for its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousClaim {
+    pub request_id: String,
+    pub api: Option<Api>,
+    pub client_msg_id: Option<String>,
+    /// When its first upstream attempt started (store clock); `None`: it never attempted.
+    pub first_attempt_ms: Option<u64>,
+    /// The store's clock at the takeover.
+    pub now_ms: u64,
+}
+
+/// The answer of [`Idempotency::claim_idempotency`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdemClaim {
-    /// The caller owns the key now and must complete or release it.
+    /// The caller owns the new key now and must complete or release it.
     Claimed,
-    /// Another request owns it and has not finished.
-    InProgress { request_id: String },
+    /// The key's claim had lapsed (its request died, or released it): the caller owns it now
+    /// and must decide from `previous` whether sending again is safe.
+    TakenOver { previous: PreviousClaim },
+    /// Another request owns it, and its lease runs another `lease_left_ms`.
+    InProgress {
+        request_id: String,
+        lease_left_ms: u64,
+    },
     /// Already done: the stored result.
     Done { request_id: String, result: String },
 }
 
-/// The shared-state contract. Implementations must make every method atomic.
+/// The store's clock and liveness.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Health: Send + Sync {
     /// Short name of the backend for logs and `/readyz` ("memory", "redis").
     fn backend(&self) -> &'static str;
 
     /// The store's clock in unix ms; all nodes that share a store share this clock.
     async fn now_ms(&self) -> Result<u64, StoreError>;
 
+    /// Whether the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The app's shared access_token.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
     /// The app's token, unless none is stored or it has expired.
     async fn read_token(&self, appid: &str) -> Result<Option<StoredToken>, StoreError>;
 
@@ -225,38 +344,31 @@ pub trait Store: Send + Sync + 'static {
     /// failure report never evicts a newer token. Returns whether it deleted.
     async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError>;
 
-    /// Whether the store answers (for `/readyz`).
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// A cached value of the app's (e.g. WeChat's template list), if present and not expired.
-    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError>;
-
-    /// Caches `value` for the app under `name` for `ttl_ms`.
-    async fn put_cached(
-        &self,
-        appid: &str,
-        name: &str,
-        value: &str,
-        ttl_ms: u64,
-    ) -> Result<(), StoreError>;
-
     /// Reads a token that another system keeps under `key` (any key name: it is the other
     /// system's, not ours). `None` when the key is missing or holds no token.
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError>;
+}
 
+/// Sliding windows, daily quotas and pauses.
+#[async_trait]
+pub trait Limiter: Send + Sync {
     /// Takes one permit from every limit and quota of `req`, or none (see [`Acquire`]).
-    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError>;
+    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError>;
 
-    /// Stops every node from sending `api` for `appid` until `until_ms` (unix ms): WeChat said
-    /// 45009/45011. A later block extends an earlier one, never shortens it.
+    /// Stops every node from calling `api` for `appid` until `until_ms` (unix ms): WeChat
+    /// answered `errcode` (45009/45011). A later pause extends an earlier one, never shortens it.
     async fn block(
         &self,
         appid: &str,
-        api: &str,
+        api: Api,
         until_ms: u64,
-        reason: &str,
+        errcode: i64,
     ) -> Result<(), StoreError>;
+}
 
+/// The token-refresh leadership of each app.
+#[async_trait]
+pub trait Leases: Send + Sync {
     /// Takes the app's refresh leadership for `ttl_ms` if nobody holds it (incrementing the
     /// fence), or extends it if `node` already holds it. Returns the fence while `node` leads,
     /// `None` when another node does.
@@ -275,18 +387,40 @@ pub trait Store: Send + Sync + 'static {
 
     /// The node holding the app's lease, if any.
     async fn lease_holder(&self, appid: &str) -> Result<Option<String>, StoreError>;
+}
 
-    /// Claims idempotency key `key` for `request_id` for `ttl_ms`; the first claimer wins.
+/// Idempotency keys: a claim is a lease held by one request, renewed while it runs; the
+/// answer is kept once final.
+#[async_trait]
+pub trait Idempotency: Send + Sync {
+    /// Claims `req.key`: new, taken over from a lapsed claim, in progress elsewhere, or done.
     async fn claim_idempotency(
+        &self,
+        appid: &str,
+        req: &ClaimRequest<'_>,
+    ) -> Result<IdemClaim, StoreError>;
+
+    /// Records that the claim's first upstream attempt starts now (kept if one is recorded
+    /// already). False if the claim is no longer `request_id`'s.
+    async fn mark_attempt(
         &self,
         appid: &str,
         key: &str,
         request_id: &str,
-        ttl_ms: u64,
-    ) -> Result<IdemClaim, StoreError>;
+    ) -> Result<bool, StoreError>;
+
+    /// Extends the claim's lease by `lease_ms` from now. False if it is no longer
+    /// `request_id`'s.
+    async fn renew_claim(
+        &self,
+        appid: &str,
+        key: &str,
+        request_id: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError>;
 
     /// Stores the result of the claim held by `request_id`, kept for `ttl_ms`. False if the
-    /// claim is no longer `request_id`'s (it expired and someone else claimed it).
+    /// claim is no longer `request_id`'s (it lapsed and someone else took it over).
     async fn complete_idempotency(
         &self,
         appid: &str,
@@ -296,11 +430,66 @@ pub trait Store: Send + Sync + 'static {
         ttl_ms: u64,
     ) -> Result<bool, StoreError>;
 
-    /// Drops the claim held by `request_id` (the request failed definitively and may be retried).
+    /// Ends `request_id`'s claim without an answer so the request may be sent again: its lease
+    /// lapses at once. `keep_attempt` keeps the record of an upstream attempt (one that may
+    /// have reached WeChat); otherwise it is cleared, as nothing was delivered.
     async fn release_idempotency(
         &self,
         appid: &str,
         key: &str,
         request_id: &str,
+        keep_attempt: bool,
     ) -> Result<bool, StoreError>;
+}
+
+/// Short-lived copies of what WeChat said (the template lists).
+#[async_trait]
+pub trait Cache: Send + Sync {
+    /// A cached value of the app's, if present and not expired.
+    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Caches `value` for the app under `name` for `ttl_ms`.
+    async fn put_cached(
+        &self,
+        appid: &str,
+        name: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError>;
+}
+
+/// A backend that plays every role. Implementations must make every method atomic.
+pub trait Store: Health + TokenStore + Limiter + Leases + Idempotency + Cache + 'static {}
+
+impl<T: Health + TokenStore + Limiter + Leases + Idempotency + Cache + 'static> Store for T {}
+
+/// Each role of the shared state, for the code that uses it.
+#[derive(Clone)]
+pub struct SharedState {
+    pub health: Arc<dyn Health>,
+    pub tokens: Arc<dyn TokenStore>,
+    pub limiter: Arc<dyn Limiter>,
+    pub leases: Arc<dyn Leases>,
+    pub idempotency: Arc<dyn Idempotency>,
+    pub cache: Arc<dyn Cache>,
+}
+
+impl SharedState {
+    /// Every role from one backend.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            health: store.clone(),
+            tokens: store.clone(),
+            limiter: store.clone(),
+            leases: store.clone(),
+            idempotency: store.clone(),
+            cache: store,
+        }
+    }
+
+    /// The same, with another limiter (e.g. a [`fallback::FallbackLimiter`] around it).
+    pub fn with_limiter(mut self, limiter: Arc<dyn Limiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
 }

@@ -16,11 +16,13 @@ use crate::clock::{Clock, SystemClock};
 use wxgate_protocol::time::{beijing_day, next_beijing_midnight_ms};
 
 use crate::{
-    Acquire, AcquireRequest, ExternalToken, IdemClaim, NewToken, Store, StoreError, StoredToken,
-    TokenWrite,
+    Acquire, AcquireReply, AcquireRequest, Api, BlockCause, Cache, ClaimRequest, ExternalToken,
+    Health, IdemClaim, Idempotency, Leases, Limiter, NewToken, PreviousClaim, StoreError,
+    StoredToken, TokenStore, TokenWrite,
 };
 
 type AppKey = (String, String);
+type ApiKey = (String, Api);
 
 #[derive(Default)]
 struct State {
@@ -30,10 +32,12 @@ struct State {
     leases: HashMap<String, (String, u64)>,
     /// (appid, name, window_ms) → grant times (ms), oldest first
     windows: HashMap<(String, String, u64), VecDeque<u64>>,
-    /// (appid, name) → (Beijing day, used)
-    quotas: HashMap<AppKey, (u64, u64)>,
-    /// (appid, api) → (until_ms, reason)
-    blocks: HashMap<AppKey, (u64, String)>,
+    /// (appid, api) → (Beijing day, used)
+    quotas: HashMap<ApiKey, (u64, u64)>,
+    /// (appid, api) → (until_ms, errcode)
+    blocks: HashMap<ApiKey, (u64, i64)>,
+    /// appid → (grant sequence, lost_at_ms)
+    epochs: HashMap<String, (u64, u64)>,
     /// (appid, key) → (record, expires_at_ms)
     idem: HashMap<AppKey, (Idem, u64)>,
     /// (appid, name) → (value, expires_at_ms)
@@ -46,6 +50,10 @@ struct Idem {
     done: bool,
     request_id: String,
     result: String,
+    api: Api,
+    client_msg_id: Option<String>,
+    first_attempt_ms: Option<u64>,
+    lease_until_ms: u64,
 }
 
 /// Single-node store. Critical sections never await, so a `std::sync::Mutex` is right here.
@@ -62,6 +70,10 @@ impl Default for MemoryStore {
 
 fn k(a: &str, b: &str) -> AppKey {
     (a.to_string(), b.to_string())
+}
+
+fn ka(a: &str, api: Api) -> ApiKey {
+    (a.to_string(), api)
 }
 
 impl MemoryStore {
@@ -106,7 +118,7 @@ fn sweep(st: &mut State, now: u64) {
 const MAX_GUARD_MS: u64 = 60_000;
 
 #[async_trait]
-impl Store for MemoryStore {
+impl Health for MemoryStore {
     fn backend(&self) -> &'static str {
         "memory"
     }
@@ -115,6 +127,13 @@ impl Store for MemoryStore {
         Ok(self.clock.now_ms())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
     async fn read_token(&self, appid: &str) -> Result<Option<StoredToken>, StoreError> {
         let now = self.clock.now_ms();
         let mut st = self.lock();
@@ -139,12 +158,13 @@ impl Store for MemoryStore {
                 stored_fence: newest,
             });
         }
+        let fetched_at_ms = now.saturating_sub(token.age_ms);
         let stored = StoredToken {
             access_token: token.access_token.clone(),
-            expires_at_ms: now + token.expires_in_ms,
+            expires_at_ms: fetched_at_ms + token.expires_in_ms,
             fence: token.fence,
             node: token.node.clone(),
-            fetched_at_ms: now,
+            fetched_at_ms,
             source: token.source,
         };
         st.tokens.insert(appid.to_string(), stored.clone());
@@ -164,77 +184,82 @@ impl Store for MemoryStore {
         Ok(false)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
-        let now = self.clock.now_ms();
-        let st = self.lock();
-        Ok(st
-            .cache
-            .get(&k(appid, name))
-            .filter(|(_, exp)| *exp > now)
-            .map(|(v, _)| v.clone()))
-    }
-
-    async fn put_cached(
-        &self,
-        appid: &str,
-        name: &str,
-        value: &str,
-        ttl_ms: u64,
-    ) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
-        self.lock()
-            .cache
-            .insert(k(appid, name), (value.to_string(), now + ttl_ms));
-        Ok(())
-    }
-
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
         Err(StoreError::Protocol(format!(
             "external tokens are read from Redis; the memory store has no key `{key}`"
         )))
     }
+}
 
-    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError> {
+#[async_trait]
+impl Limiter for MemoryStore {
+    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError> {
         let now = self.clock.now_ms();
         let mut st = self.lock();
         let app = req.appid;
 
-        // Blocks and quotas first: they outrank a full window.
-        let mut blocked: Option<(u64, String)> = None;
+        // The epoch: a caller that has seen a later grant than we hold found a loss.
+        let (mut seq, mut lost_at) = st.epochs.get(app).copied().unwrap_or((0, 0));
+        let state_loss = req.known_seq > seq;
+        if state_loss {
+            seq = req.known_seq;
+            lost_at = now;
+            st.epochs.insert(app.to_string(), (seq, lost_at));
+        }
+        let reply = |decision| {
+            Ok(AcquireReply {
+                decision,
+                state_loss,
+            })
+        };
+
+        // Pauses and quotas first: they outrank a full window.
+        let mut blocked: Option<(u64, BlockCause)> = None;
         for api in req.blocks {
-            if let Some((until, reason)) = st.blocks.get(&k(app, api)) {
+            if let Some((until, errcode)) = st.blocks.get(&ka(app, *api)) {
                 if *until > now && blocked.as_ref().is_none_or(|(u, _)| until > u) {
-                    blocked = Some((*until, format!("block:{api}: {reason}")));
+                    let cause = BlockCause::Paused {
+                        api: *api,
+                        errcode: *errcode,
+                    };
+                    blocked = Some((*until, cause));
                 }
             }
         }
         let today = beijing_day(now);
         for q in req.quotas {
-            let used = match st.quotas.get(&k(app, &q.name)) {
+            let used = match st.quotas.get(&ka(app, q.api)) {
                 Some((day, used)) if *day == today => *used,
                 _ => 0,
             };
             if used >= q.limit {
                 let until = next_beijing_midnight_ms(now);
                 if blocked.as_ref().is_none_or(|(u, _)| until > *u) {
-                    blocked = Some((until, format!("quota:{}", q.name)));
+                    let cause = BlockCause::Quota {
+                        api: q.api,
+                        limit: q.limit,
+                    };
+                    blocked = Some((until, cause));
                 }
             }
         }
-        if let Some((until_ms, reason)) = blocked {
-            return Ok(Acquire::Blocked { until_ms, reason });
+        if let Some((until_ms, cause)) = blocked {
+            return reply(Acquire::Blocked { until_ms, cause });
         }
 
-        let mut wait: Option<(u64, String)> = None;
-        for l in req.limits {
+        // Windows; one held after a state loss counts as full until the lost grants left it.
+        let mut wait: Option<(u64, usize, bool)> = None;
+        for (i, l) in req.limits.iter().enumerate() {
             let span = l.window_ms + req.guard_ms;
+            if req.loss.hold && lost_at > 0 && l.window_ms <= req.loss.hold_max_window_ms {
+                let w = (lost_at + span).saturating_sub(now);
+                if w > 0 && wait.is_none_or(|(cur, _, _)| w > cur) {
+                    wait = Some((w, i, true));
+                }
+            }
             let q = st
                 .windows
-                .entry((app.to_string(), l.name.clone(), l.window_ms))
+                .entry((app.to_string(), l.name(), l.window_ms))
                 .or_default();
             while q.front().is_some_and(|t| t + span <= now) {
                 q.pop_front();
@@ -246,46 +271,55 @@ impl Store for MemoryStore {
                     Some(t) => (t + span).saturating_sub(now).max(1),
                     None => span.max(1),
                 };
-                if wait.as_ref().is_none_or(|(cur, _)| w > *cur) {
-                    wait = Some((w, l.name.clone()));
+                if wait.is_none_or(|(cur, _, _)| w > cur) {
+                    wait = Some((w, i, false));
                 }
             }
         }
-        if let Some((wait_ms, limit)) = wait {
-            return Ok(Acquire::Wait { wait_ms, limit });
+        if let Some((wait_ms, window, held)) = wait {
+            return reply(Acquire::Wait {
+                wait_ms,
+                window,
+                held,
+            });
         }
 
         for l in req.limits {
             st.windows
-                .entry((app.to_string(), l.name.clone(), l.window_ms))
+                .entry((app.to_string(), l.name(), l.window_ms))
                 .or_default()
                 .push_back(now);
         }
         for q in req.quotas {
-            let e = st.quotas.entry(k(app, &q.name)).or_insert((today, 0));
+            let e = st.quotas.entry(ka(app, q.api)).or_insert((today, 0));
             if e.0 != today {
                 *e = (today, 0);
             }
             e.1 += 1;
         }
-        Ok(Acquire::Granted { now_ms: now })
+        seq += 1;
+        st.epochs.insert(app.to_string(), (seq, lost_at));
+        reply(Acquire::Granted { now_ms: now, seq })
     }
 
     async fn block(
         &self,
         appid: &str,
-        api: &str,
+        api: Api,
         until_ms: u64,
-        reason: &str,
+        errcode: i64,
     ) -> Result<(), StoreError> {
         let mut st = self.lock();
-        let e = st.blocks.entry(k(appid, api)).or_insert((0, String::new()));
+        let e = st.blocks.entry(ka(appid, api)).or_insert((0, 0));
         if until_ms > e.0 {
-            *e = (until_ms, reason.to_string());
+            *e = (until_ms, errcode);
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl Leases for MemoryStore {
     async fn acquire_lease(
         &self,
         appid: &str,
@@ -349,37 +383,97 @@ impl Store for MemoryStore {
             .filter(|(_, exp)| *exp > now)
             .map(|(h, _)| h.clone()))
     }
+}
 
-    async fn claim_idempotency(
+impl MemoryStore {
+    /// Runs `f` on `request_id`'s live in-progress claim of `key`; false if there is none.
+    fn with_own_claim(
         &self,
         appid: &str,
         key: &str,
         request_id: &str,
-        ttl_ms: u64,
+        f: impl FnOnce(&mut Idem, &mut u64, u64),
+    ) -> bool {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        match st.idem.get_mut(&k(appid, key)) {
+            Some((rec, exp)) if *exp > now && !rec.done && rec.request_id == request_id => {
+                f(rec, exp, now);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl Idempotency for MemoryStore {
+    async fn claim_idempotency(
+        &self,
+        appid: &str,
+        req: &ClaimRequest<'_>,
     ) -> Result<IdemClaim, StoreError> {
         let now = self.clock.now_ms();
         let mut st = self.lock();
-        if let Some((rec, exp)) = st.idem.get(&k(appid, key)) {
+        if let Some((rec, exp)) = st.idem.get_mut(&k(appid, req.key)) {
             if *exp > now {
-                return Ok(if rec.done {
-                    IdemClaim::Done {
+                if rec.done {
+                    return Ok(IdemClaim::Done {
                         request_id: rec.request_id.clone(),
                         result: rec.result.clone(),
-                    }
-                } else {
-                    IdemClaim::InProgress {
+                    });
+                }
+                if rec.lease_until_ms > now {
+                    return Ok(IdemClaim::InProgress {
                         request_id: rec.request_id.clone(),
-                    }
-                });
+                        lease_left_ms: rec.lease_until_ms - now,
+                    });
+                }
+                let previous = PreviousClaim {
+                    request_id: std::mem::replace(&mut rec.request_id, req.request_id.to_string()),
+                    api: Some(rec.api),
+                    client_msg_id: rec.client_msg_id.clone(),
+                    first_attempt_ms: rec.first_attempt_ms,
+                    now_ms: now,
+                };
+                rec.lease_until_ms = now + req.lease_ms;
+                return Ok(IdemClaim::TakenOver { previous });
             }
         }
         let rec = Idem {
             done: false,
-            request_id: request_id.to_string(),
+            request_id: req.request_id.to_string(),
             result: String::new(),
+            api: req.api,
+            client_msg_id: req.client_msg_id.map(str::to_string),
+            first_attempt_ms: None,
+            lease_until_ms: now + req.lease_ms,
         };
-        st.idem.insert(k(appid, key), (rec, now + ttl_ms));
+        st.idem.insert(k(appid, req.key), (rec, now + req.ttl_ms));
         Ok(IdemClaim::Claimed)
+    }
+
+    async fn mark_attempt(
+        &self,
+        appid: &str,
+        key: &str,
+        request_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.with_own_claim(appid, key, request_id, |rec, _, now| {
+            rec.first_attempt_ms.get_or_insert(now);
+        }))
+    }
+
+    async fn renew_claim(
+        &self,
+        appid: &str,
+        key: &str,
+        request_id: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.with_own_claim(appid, key, request_id, |rec, _, now| {
+            rec.lease_until_ms = now + lease_ms;
+        }))
     }
 
     async fn complete_idempotency(
@@ -390,17 +484,11 @@ impl Store for MemoryStore {
         result: &str,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        let now = self.clock.now_ms();
-        let mut st = self.lock();
-        match st.idem.get_mut(&k(appid, key)) {
-            Some((rec, exp)) if *exp > now && rec.request_id == request_id => {
-                rec.done = true;
-                rec.result = result.to_string();
-                *exp = now + ttl_ms;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.with_own_claim(appid, key, request_id, |rec, exp, now| {
+            rec.done = true;
+            rec.result = result.to_string();
+            *exp = now + ttl_ms;
+        }))
     }
 
     async fn release_idempotency(
@@ -408,17 +496,41 @@ impl Store for MemoryStore {
         appid: &str,
         key: &str,
         request_id: &str,
+        keep_attempt: bool,
     ) -> Result<bool, StoreError> {
+        Ok(self.with_own_claim(appid, key, request_id, |rec, _, _| {
+            rec.lease_until_ms = 0;
+            if !keep_attempt {
+                rec.first_attempt_ms = None;
+            }
+        }))
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryStore {
+    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
         let now = self.clock.now_ms();
-        let mut st = self.lock();
-        let mine = st
-            .idem
-            .get(&k(appid, key))
-            .is_some_and(|(rec, exp)| *exp > now && rec.request_id == request_id && !rec.done);
-        if mine {
-            st.idem.remove(&k(appid, key));
-        }
-        Ok(mine)
+        let st = self.lock();
+        Ok(st
+            .cache
+            .get(&k(appid, name))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.clone()))
+    }
+
+    async fn put_cached(
+        &self,
+        appid: &str,
+        name: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .cache
+            .insert(k(appid, name), (value.to_string(), now + ttl_ms));
+        Ok(())
     }
 }
 

@@ -1,20 +1,51 @@
 -- acquire.lua: take one permit from every limit and daily quota of a send, or from none.
 --
--- KEYS: nb block keys, then nq quota keys, then nl window keys (all of one app: one slot).
--- ARGV: nb, nq, nl, guard_ms, member,
+-- KEYS: KEYS[1] the app's epoch hash, then nb pause keys, then nq quota keys, then nl window
+--       keys (all of one app: one Cluster slot).
+-- ARGV: nb, nq, nl, guard_ms, member, known_seq, hold (1 | 0), hold_max_window_ms,
 --       then nq quota limits,
 --       then nl pairs (limit, window_ms).
--- Returns {1, now_ms}                 granted
---         {2, wait_ms, window_index}  a window is full (1-based index among the windows)
---         {3, until_ms, reason}       blocked (a block key or a used-up quota)
+-- Returns {1, loss, now_ms, seq}                      granted; seq = the app's grant sequence
+--         {2, loss, wait_ms, window_index, held}      a window is full (1-based index among
+--                                                     the windows; held = 1 when it only
+--                                                     counts as full after a state loss)
+--         {3, loss, until_ms, kind, index, errcode}   blocked: kind 1 = a pause (index among
+--                                                     the pause keys, errcode WeChat's), kind
+--                                                     2 = a used-up quota (index among quotas)
+-- loss = 1 when this call found the app's state lost.
+--
 -- Time is Redis TIME (one clock for the cluster). A window keeps each grant for
 -- window_ms + guard_ms, so no interval of that length ever holds more than `limit` grants.
+--
+-- State loss: the epoch hash {seq, lost_at_ms} has no TTL. Every grant increments seq and
+-- returns it; callers pass back the highest seq they have seen. A seq below it means grants
+-- were lost (the key vanished in a restart without persistence or a flush, or a failover
+-- promoted a replica that missed them): lost_at_ms is set to now and seq raised to known_seq.
+-- With hold = 1, each window up to hold_max_window_ms counts as full until
+-- lost_at_ms + window_ms + guard_ms, when every lost grant has left it.
 local nb, nq, nl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local guard_us = tonumber(ARGV[4]) * 1000
+local guard_ms = tonumber(ARGV[4])
+local guard_us = guard_ms * 1000
 local member = ARGV[5]
+local known_seq = tonumber(ARGV[6])
+local hold = ARGV[7] == '1'
+local hold_max_ms = tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
+
+-- 0. The epoch: detect a loss.
+local epoch = KEYS[1]
+local e = redis.call('HMGET', epoch, 'seq', 'lost_at_ms')
+local seq = tonumber(e[1] or '0')
+local lost_at = tonumber(e[2] or '0')
+local loss = 0
+if known_seq > seq then
+  loss = 1
+  seq = known_seq
+  lost_at = now_ms
+  redis.call('HSET', epoch, 'seq', seq, 'lost_at_ms', lost_at)
+end
 
 -- Beijing calendar day (UTC+8) as YYYYMMDD, and the unix ms of its end: only with quotas.
 local function civil(z)
@@ -37,68 +68,79 @@ if nq > 0 then
   day_end_ms = (day_n + 1) * 86400000 - 28800000
 end
 
--- 1. Blocks and quotas outrank a full window.
-local blocked_until, reason = 0, ''
+-- 1. Pauses and quotas outrank a full window.
+local blocked_until, kind, index, errcode = 0, 0, 0, 0
 for i = 1, nb do
-  local pttl = redis.call('PTTL', KEYS[i])
+  local pttl = redis.call('PTTL', KEYS[1 + i])
   if pttl > 0 and now_ms + pttl > blocked_until then
     blocked_until = now_ms + pttl
-    reason = KEYS[i] .. ': ' .. (redis.call('GET', KEYS[i]) or '')
+    kind, index = 1, i
+    errcode = tonumber(redis.call('GET', KEYS[1 + i]) or '0') or 0
   end
 end
+local quota_used = {}
 for i = 1, nq do
-  local key = KEYS[nb + i]
-  local limit = tonumber(ARGV[5 + i])
+  local key = KEYS[1 + nb + i]
+  local limit = tonumber(ARGV[8 + i])
   local q = redis.call('HMGET', key, 'day', 'used')
   local used = 0
   if q[1] == today then
     used = tonumber(q[2] or '0')
   end
+  quota_used[i] = q[1] == today
   if used >= limit and day_end_ms > blocked_until then
     blocked_until = day_end_ms
-    reason = key
+    kind, index, errcode = 2, i, 0
   end
 end
 if blocked_until > 0 then
-  return {3, blocked_until, reason}
+  return {3, loss, blocked_until, kind, index, errcode}
 end
 
--- 2. Sliding logs: drop what left the window, then count.
-local wait_ms, wait_index = 0, 0
+-- 2. Sliding logs: drop what left the window, then count. A window held after a state loss
+-- counts as full until every lost grant has left it.
+local wait_ms, wait_index, held = 0, 0, 0
 for i = 1, nl do
-  local key = KEYS[nb + nq + i]
-  local limit = tonumber(ARGV[5 + nq + 2 * i - 1])
-  local span_us = (tonumber(ARGV[5 + nq + 2 * i]) * 1000) + guard_us
+  local key = KEYS[1 + nb + nq + i]
+  local limit = tonumber(ARGV[8 + nq + 2 * i - 1])
+  local window_ms = tonumber(ARGV[8 + nq + 2 * i])
+  local span_us = window_ms * 1000 + guard_us
+  if hold and lost_at > 0 and window_ms <= hold_max_ms then
+    local w = lost_at + window_ms + guard_ms - now_ms
+    if w > wait_ms then
+      wait_ms, wait_index, held = w, i, 1
+    end
+  end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now_us - span_us))
   local count = redis.call('ZCARD', key)
   if count >= limit then
     local w = span_us
     if limit > 0 then
-      local e = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
-      w = tonumber(e[2]) + span_us - now_us
+      local en = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+      w = tonumber(en[2]) + span_us - now_us
     end
     w = math.max(1, math.ceil(w / 1000))
     if w > wait_ms then
-      wait_ms, wait_index = w, i
+      wait_ms, wait_index, held = w, i, 0
     end
   end
 end
 if wait_ms > 0 then
-  return {2, wait_ms, wait_index}
+  return {2, loss, wait_ms, wait_index, held}
 end
 
 -- 3. Every limit allows: take one permit from each.
 local score = string.format('%.0f', now_us)
 local tag = member .. '@' .. score
 for i = 1, nl do
-  local key = KEYS[nb + nq + i]
-  local span_ms = tonumber(ARGV[5 + nq + 2 * i]) + tonumber(ARGV[4])
+  local key = KEYS[1 + nb + nq + i]
+  local span_ms = tonumber(ARGV[8 + nq + 2 * i]) + guard_ms
   redis.call('ZADD', key, score, tag)
   redis.call('PEXPIRE', key, span_ms + 1000)
 end
 for i = 1, nq do
-  local key = KEYS[nb + i]
-  if redis.call('HGET', key, 'day') == today then
+  local key = KEYS[1 + nb + i]
+  if quota_used[i] then
     redis.call('HINCRBY', key, 'used', 1)
   else
     redis.call('HSET', key, 'day', today, 'used', 1)
@@ -106,4 +148,5 @@ for i = 1, nq do
     redis.call('PEXPIREAT', key, day_end_ms + 86400000)
   end
 end
-return {1, now_ms}
+seq = redis.call('HINCRBY', epoch, 'seq', 1)
+return {1, loss, now_ms, seq}

@@ -1,5 +1,6 @@
--- block.lua: stop every node from sending an API until a time (WeChat said 45009/45011).
--- KEYS[1] block key. ARGV: until_ms, reason. A later block extends, never shortens.
+-- block.lua: stop every node from calling an API until a time (WeChat answered 45009/45011).
+-- KEYS[1] pause key. ARGV: until_ms, errcode. The key holds WeChat's errcode and expires when
+-- the pause ends. A later pause extends, never shortens.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = tonumber(ARGV[1])

@@ -7,7 +7,8 @@ use wxgate_redis_testkit::{require_redis, RedisCluster, RedisSentinel, RedisServ
 use wxgate_store::memory::MemoryStore;
 use wxgate_store::redis_store::Topology;
 use wxgate_store::{
-    Acquire, AcquireRequest, DailyQuota, IdemClaim, Limit, NewToken, Store, TokenSource, TokenWrite,
+    Acquire, AcquireReply, AcquireRequest, Api, BlockCause, ClaimRequest, DailyQuota, IdemClaim,
+    Limit, LimitScope, LossPolicy, NewToken, Store, TokenSource, TokenWrite,
 };
 
 use crate::{prefix, redis_store};
@@ -16,15 +17,21 @@ fn new_token(value: &str, fence: u64, node: &str) -> NewToken {
     NewToken {
         access_token: value.into(),
         expires_in_ms: 7_200_000,
+        age_ms: 0,
         fence,
         node: node.into(),
         source: TokenSource::Stable,
     }
 }
 
+/// `user:<openid>` limits a recipient; anything else names an API.
 fn limit(name: &str, limit: u64, window_ms: u64) -> Limit {
+    let scope = match name.strip_prefix("user:") {
+        Some(openid) => LimitScope::Recipient(openid.into()),
+        None => LimitScope::Api(Api::parse(name).expect("an API name")),
+    };
     Limit {
-        name: name.into(),
+        scope,
         limit,
         window_ms,
     }
@@ -35,8 +42,23 @@ async fn acquire(
     appid: &str,
     limits: &[Limit],
     quotas: &[DailyQuota],
-    blocks: &[&str],
+    blocks: &[Api],
 ) -> Acquire {
+    acquire_seen(s, appid, limits, quotas, blocks, 0, true)
+        .await
+        .decision
+}
+
+/// `acquire` by a caller that has seen grant sequence `known_seq`.
+async fn acquire_seen(
+    s: &dyn Store,
+    appid: &str,
+    limits: &[Limit],
+    quotas: &[DailyQuota],
+    blocks: &[Api],
+    known_seq: u64,
+    hold: bool,
+) -> AcquireReply {
     let id = uuid::Uuid::new_v4().to_string();
     s.acquire(&AcquireRequest {
         appid,
@@ -45,9 +67,25 @@ async fn acquire(
         blocks,
         guard_ms: 0,
         permit_id: &id,
+        known_seq,
+        loss: LossPolicy {
+            hold,
+            hold_max_window_ms: 300_000,
+        },
     })
     .await
     .expect("acquire")
+}
+
+fn claim<'a>(key: &'a str, request_id: &'a str, lease_ms: u64) -> ClaimRequest<'a> {
+    ClaimRequest {
+        key,
+        request_id,
+        api: Api::TemplateSend,
+        client_msg_id: Some("cmi-1"),
+        lease_ms,
+        ttl_ms: 60_000,
+    }
 }
 
 async fn token_roundtrip(s: &dyn Store, app: &str) {
@@ -189,16 +227,20 @@ async fn window_limit(s: &dyn Store, app: &str) {
         ));
     }
     match acquire(s, app, &l, &[], &[]).await {
-        Acquire::Wait { wait_ms, limit } => {
+        Acquire::Wait {
+            wait_ms,
+            window,
+            held,
+        } => {
             assert!((1..=2_000).contains(&wait_ms), "{wait_ms}");
-            assert_eq!(limit, "template_send");
+            assert_eq!((window, held), (0, false));
         }
         other => panic!("4th of 3: {other:?}"),
     }
 }
 
 async fn window_frees_after_the_window(s: &dyn Store, app: &str) {
-    let l = [limit("x", 2, 300)];
+    let l = [limit("subscribe_send", 2, 300)];
     assert!(matches!(
         acquire(s, app, &l, &[], &[]).await,
         Acquire::Granted { .. }
@@ -218,7 +260,7 @@ async fn window_frees_after_the_window(s: &dyn Store, app: &str) {
 }
 
 async fn all_or_nothing(s: &dyn Store, app: &str) {
-    let wide = limit("app", 5, 10_000);
+    let wide = limit("template_send", 5, 10_000);
     let narrow = limit("user:o1", 2, 10_000);
     let both = [wide.clone(), narrow.clone()];
     assert!(matches!(
@@ -230,7 +272,7 @@ async fn all_or_nothing(s: &dyn Store, app: &str) {
         Acquire::Granted { .. }
     ));
     match acquire(s, app, &both, &[], &[]).await {
-        Acquire::Wait { limit, .. } => assert_eq!(limit, "user:o1"),
+        Acquire::Wait { window, .. } => assert_eq!(window, 1, "the recipient's window"),
         other => panic!("{other:?}"),
     }
     // The refused attempt took nothing from the wide limit: 3 of its 5 are left.
@@ -252,7 +294,7 @@ async fn all_or_nothing(s: &dyn Store, app: &str) {
 
 async fn daily_quota(s: &dyn Store, app: &str) {
     let q = [DailyQuota {
-        name: "template_send".into(),
+        api: Api::TemplateSend,
         limit: 2,
     }];
     let l = [limit("template_send", 100, 60_000)];
@@ -266,13 +308,19 @@ async fn daily_quota(s: &dyn Store, app: &str) {
     ));
     let now = s.now_ms().await.unwrap();
     match acquire(s, app, &l, &q, &[]).await {
-        Acquire::Blocked { until_ms, reason } => {
+        Acquire::Blocked { until_ms, cause } => {
             assert_eq!(
                 until_ms,
                 wxgate_protocol_next_midnight(now),
                 "resets at 00:00 Beijing time"
             );
-            assert!(reason.contains("quota"), "{reason}");
+            assert_eq!(
+                cause,
+                BlockCause::Quota {
+                    api: Api::TemplateSend,
+                    limit: 2
+                }
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -297,34 +345,40 @@ fn wxgate_protocol_next_midnight(now_ms: u64) -> u64 {
 
 async fn blocks(s: &dyn Store, app: &str) {
     let now = s.now_ms().await.unwrap();
-    s.block(app, "template_send", now + 60_000, "45011 from WeChat")
+    s.block(app, Api::TemplateSend, now + 60_000, 45011)
         .await
         .unwrap();
     // An earlier end does not shorten it.
-    s.block(app, "template_send", now + 1_000, "shorter")
+    s.block(app, Api::TemplateSend, now + 1_000, 45009)
         .await
         .unwrap();
-    match acquire(s, app, &[], &[], &["template_send"]).await {
-        Acquire::Blocked { until_ms, reason } => {
+    match acquire(s, app, &[], &[], &[Api::TemplateSend]).await {
+        Acquire::Blocked { until_ms, cause } => {
             assert!(
                 until_ms >= now + 59_000 && until_ms <= now + 61_000,
                 "{until_ms} vs {now}"
             );
-            assert!(reason.contains("45011"), "{reason}");
+            assert_eq!(
+                cause,
+                BlockCause::Paused {
+                    api: Api::TemplateSend,
+                    errcode: 45011
+                }
+            );
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        acquire(s, app, &[], &[], &["subscribe_send"]).await,
+        acquire(s, app, &[], &[], &[Api::SubscribeSend]).await,
         Acquire::Granted { .. }
     ));
-    s.block(app, "subscribe_send", now + 200, "short")
+    s.block(app, Api::SubscribeSend, now + 200, 45011)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         matches!(
-            acquire(s, app, &[], &[], &["subscribe_send"]).await,
+            acquire(s, app, &[], &[], &[Api::SubscribeSend]).await,
             Acquire::Granted { .. }
         ),
         "a block ends"
@@ -333,19 +387,25 @@ async fn blocks(s: &dyn Store, app: &str) {
 
 async fn idempotency(s: &dyn Store, app: &str) {
     assert_eq!(
-        s.claim_idempotency(app, "order-1", "req-1", 10_000)
+        s.claim_idempotency(app, &claim("order-1", "req-1", 10_000))
             .await
             .unwrap(),
         IdemClaim::Claimed
     );
-    assert_eq!(
-        s.claim_idempotency(app, "order-1", "req-2", 10_000)
-            .await
-            .unwrap(),
+    match s
+        .claim_idempotency(app, &claim("order-1", "req-2", 10_000))
+        .await
+        .unwrap()
+    {
         IdemClaim::InProgress {
-            request_id: "req-1".into()
+            request_id,
+            lease_left_ms,
+        } => {
+            assert_eq!(request_id, "req-1");
+            assert!((1..=10_000).contains(&lease_left_ms), "{lease_left_ms}");
         }
-    );
+        other => panic!("{other:?}"),
+    }
     assert!(!s
         .complete_idempotency(app, "order-1", "req-2", "x", 10_000)
         .await
@@ -355,7 +415,7 @@ async fn idempotency(s: &dyn Store, app: &str) {
         .await
         .unwrap());
     assert_eq!(
-        s.claim_idempotency(app, "order-1", "req-3", 10_000)
+        s.claim_idempotency(app, &claim("order-1", "req-3", 10_000))
             .await
             .unwrap(),
         IdemClaim::Done {
@@ -364,45 +424,149 @@ async fn idempotency(s: &dyn Store, app: &str) {
         }
     );
     assert!(
-        !s.release_idempotency(app, "order-1", "req-1")
+        !s.release_idempotency(app, "order-1", "req-1", false)
             .await
             .unwrap(),
         "a finished claim stays"
     );
-    // A failed request releases its claim so a retry may claim it.
+    // A released claim (nothing delivered) is taken over with no attempt on record.
     assert_eq!(
-        s.claim_idempotency(app, "order-2", "req-4", 10_000)
+        s.claim_idempotency(app, &claim("order-2", "req-4", 10_000))
             .await
             .unwrap(),
         IdemClaim::Claimed
     );
+    assert!(s.mark_attempt(app, "order-2", "req-4").await.unwrap());
     assert!(!s
-        .release_idempotency(app, "order-2", "req-5")
+        .release_idempotency(app, "order-2", "req-5", false)
         .await
         .unwrap());
     assert!(s
-        .release_idempotency(app, "order-2", "req-4")
+        .release_idempotency(app, "order-2", "req-4", false)
         .await
         .unwrap());
+    match s
+        .claim_idempotency(app, &claim("order-2", "req-6", 10_000))
+        .await
+        .unwrap()
+    {
+        IdemClaim::TakenOver { previous } => {
+            assert_eq!(previous.request_id, "req-4");
+            assert_eq!(previous.first_attempt_ms, None, "released: nothing sent");
+            assert_eq!(previous.client_msg_id.as_deref(), Some("cmi-1"));
+            assert_eq!(previous.api, Some(Api::TemplateSend));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !s.mark_attempt(app, "order-2", "req-4").await.unwrap(),
+        "the old owner lost it"
+    );
+}
+
+/// A claim is a lease: renewed it lives on, unrenewed it lapses and the next request takes it
+/// over with what the first one recorded (its client_msg_id and its first attempt).
+async fn idempotency_lease(s: &dyn Store, app: &str) {
     assert_eq!(
-        s.claim_idempotency(app, "order-2", "req-6", 10_000)
+        s.claim_idempotency(app, &claim("order-3", "req-7", 300))
             .await
             .unwrap(),
         IdemClaim::Claimed
     );
-    // Claims expire.
-    assert_eq!(
-        s.claim_idempotency(app, "order-3", "req-7", 150)
-            .await
-            .unwrap(),
-        IdemClaim::Claimed
+    let before = s.now_ms().await.unwrap();
+    assert!(s.mark_attempt(app, "order-3", "req-7").await.unwrap());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(s.renew_claim(app, "order-3", "req-7", 300).await.unwrap());
+    }
+    assert!(
+        matches!(
+            s.claim_idempotency(app, &claim("order-3", "req-8", 300))
+                .await
+                .unwrap(),
+            IdemClaim::InProgress { .. }
+        ),
+        "renewed: still in progress after longer than one lease"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        s.claim_idempotency(app, "order-3", "req-8", 10_000)
-            .await
-            .unwrap(),
-        IdemClaim::Claimed
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    match s
+        .claim_idempotency(app, &claim("order-3", "req-8", 10_000))
+        .await
+        .unwrap()
+    {
+        IdemClaim::TakenOver { previous } => {
+            assert_eq!(previous.request_id, "req-7");
+            let first = previous.first_attempt_ms.expect("the attempt is on record");
+            assert!(first >= before && first <= previous.now_ms, "{previous:?}");
+            assert_eq!(previous.client_msg_id.as_deref(), Some("cmi-1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!s.renew_claim(app, "order-3", "req-7", 300).await.unwrap());
+    // The successor's answer is kept; a release with an attempt keeps the attempt.
+    assert!(s.mark_attempt(app, "order-3", "req-8").await.unwrap());
+    assert!(s
+        .release_idempotency(app, "order-3", "req-8", true)
+        .await
+        .unwrap());
+    match s
+        .claim_idempotency(app, &claim("order-3", "req-9", 10_000))
+        .await
+        .unwrap()
+    {
+        IdemClaim::TakenOver { previous } => {
+            assert!(previous.first_attempt_ms.is_some(), "{previous:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s
+        .complete_idempotency(app, "order-3", "req-9", "kept", 10_000)
+        .await
+        .unwrap());
+}
+
+/// A store that lost grants (a caller has seen a later grant sequence than it holds) reports
+/// the loss once and, with `hold`, counts held windows as full for one window after it.
+async fn state_loss_holds(s: &dyn Store, app: &str) {
+    let l = [limit("template_send", 5, 600)];
+    let first = acquire_seen(s, app, &l, &[], &[], 0, true).await;
+    let Acquire::Granted { seq, .. } = first.decision else {
+        panic!("{first:?}")
+    };
+    assert!(!first.state_loss);
+    // A caller that saw 1000 grants finds a store at `seq`: a loss.
+    let lost = acquire_seen(s, app, &l, &[], &[], seq + 1_000, true).await;
+    assert!(lost.state_loss, "{lost:?}");
+    match lost.decision {
+        Acquire::Wait {
+            wait_ms,
+            window,
+            held,
+        } => {
+            assert!(held && window == 0, "{lost:?}");
+            assert!((500..=600).contains(&wait_ms), "{wait_ms}");
+        }
+        other => panic!("held full: {other:?}"),
+    }
+    // Reported once; still held.
+    let again = acquire_seen(s, app, &l, &[], &[], seq + 1_000, true).await;
+    assert!(!again.state_loss);
+    assert!(matches!(again.decision, Acquire::Wait { held: true, .. }));
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let after = acquire_seen(s, app, &l, &[], &[], seq + 1_000, true).await;
+    match after.decision {
+        Acquire::Granted { seq: new, .. } => assert!(new > seq + 1_000, "{new}"),
+        other => panic!("released after one window: {other:?}"),
+    }
+}
+
+async fn state_loss_admits(s: &dyn Store, app: &str) {
+    let l = [limit("template_send", 5, 60_000)];
+    let reply = acquire_seen(s, app, &l, &[], &[], 7, false).await;
+    assert!(reply.state_loss);
+    assert!(
+        matches!(reply.decision, Acquire::Granted { seq: 8, .. }),
+        "{reply:?}"
     );
 }
 
@@ -432,6 +596,9 @@ async fn run_all(backend: &str, make: impl Fn() -> Arc<dyn Store>) {
         daily_quota,
         blocks,
         idempotency,
+        idempotency_lease,
+        state_loss_holds,
+        state_loss_admits,
     ];
     let total = all.len();
     // The cases are independent: run them concurrently to keep the sleeps from adding up.
@@ -524,7 +691,7 @@ async fn keys_are_readable_namespaced_and_expire() {
             limit("user:o1", 5, 60_000),
         ],
         &[DailyQuota {
-            name: "template_send".into(),
+            api: wxgate_store::Api::TemplateSend,
             limit: 9,
         }],
         &[],
@@ -532,13 +699,13 @@ async fn keys_are_readable_namespaced_and_expire() {
     .await;
     s.block(
         app,
-        "template_send",
+        Api::TemplateSend,
         s.now_ms().await.unwrap() + 60_000,
-        "45011",
+        45011,
     )
     .await
     .unwrap();
-    s.claim_idempotency(app, "order-9", "r1", 60_000)
+    s.claim_idempotency(app, &claim("order-9", "r1", 60_000))
         .await
         .unwrap();
     let keys = server.cli(&["--scan", "--pattern", &format!("{p}:*")]);
@@ -547,6 +714,7 @@ async fn keys_are_readable_namespaced_and_expire() {
     let expect = |rest: &str| format!("{p}:{{{app}}}:{rest}");
     let mut expected = vec![
         expect("block:template_send"),
+        expect("epoch"),
         expect("fence"),
         expect("idem:order-9"),
         expect("leader"),
@@ -559,8 +727,8 @@ async fn keys_are_readable_namespaced_and_expire() {
     assert_eq!(keys, expected);
     for k in &keys {
         let ttl: i64 = server.cli(&["PTTL", k]).parse().unwrap();
-        if k.ends_with(":fence") {
-            assert_eq!(ttl, -1, "the fence never resets, so it never expires");
+        if k.ends_with(":fence") || k.ends_with(":epoch") {
+            assert_eq!(ttl, -1, "{k} must never reset, so it never expires");
         } else {
             assert!(ttl > 0, "{k} has no TTL");
         }
@@ -570,6 +738,8 @@ async fn keys_are_readable_namespaced_and_expire() {
         "1"
     );
     assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
+    assert_eq!(server.cli(&["HGET", &expect("epoch"), "seq"]), "1");
+    assert_eq!(server.cli(&["GET", &expect("block:template_send")]), "45011");
 }
 
 #[tokio::test]
@@ -610,7 +780,7 @@ async fn external_tokens_are_read_from_any_key() {
         None
     );
     assert!(
-        MemoryStore::new().read_external_token("k").await.is_err(),
+        wxgate_store::TokenStore::read_external_token(&MemoryStore::new(), "k").await.is_err(),
         "memory has no external keys"
     );
 }

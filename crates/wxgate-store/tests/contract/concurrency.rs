@@ -32,7 +32,7 @@ async fn hammer(replicas: Vec<Arc<dyn Store>>, tasks: usize) -> (Vec<u64>, u64) 
             let attempts = attempts.clone();
             handles.push(tokio::spawn(async move {
                 let limits = [Limit {
-                    name: "template_send".into(),
+                    scope: wxgate_store::LimitScope::Api(wxgate_store::Api::TemplateSend),
                     limit: N,
                     window_ms: W_MS,
                 }];
@@ -45,10 +45,12 @@ async fn hammer(replicas: Vec<Arc<dyn Store>>, tasks: usize) -> (Vec<u64>, u64) 
                         blocks: &[],
                         guard_ms: GUARD_MS,
                         permit_id: &id,
+                        known_seq: 0,
+                        loss: Default::default(),
                     };
                     attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    match store.acquire(&req).await.expect("acquire") {
-                        Acquire::Granted { now_ms } => admits.lock().unwrap().push(now_ms),
+                    match store.acquire(&req).await.expect("acquire").decision {
+                        Acquire::Granted { now_ms, .. } => admits.lock().unwrap().push(now_ms),
                         // Hammer: retry soon rather than sleeping the whole wait.
                         Acquire::Wait { wait_ms, .. } => {
                             tokio::time::sleep(Duration::from_millis(wait_ms.min(5))).await

@@ -14,7 +14,7 @@ const APP: &str = "wx0000000000000bbb";
 async fn try_acquire(s: &dyn Store) -> Result<Acquire, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
     let limits = [Limit {
-        name: "template_send".into(),
+        scope: wxgate_store::LimitScope::Api(wxgate_store::Api::TemplateSend),
         limit: 1_000_000,
         window_ms: 60_000,
     }];
@@ -22,11 +22,14 @@ async fn try_acquire(s: &dyn Store) -> Result<Acquire, StoreError> {
         appid: APP,
         limits: &limits,
         quotas: &[],
-        blocks: &["template_send"],
+        blocks: &[wxgate_store::Api::TemplateSend],
         guard_ms: 100,
         permit_id: &id,
+        known_seq: 0,
+        loss: Default::default(),
     })
     .await
+    .map(|r| r.decision)
 }
 
 /// Retries `try_acquire` until it succeeds; returns how long that took.
@@ -109,6 +112,7 @@ async fn sentinel_failover_during_sends() {
     s.write_token(
         APP,
         &NewToken {
+            age_ms: 0,
             access_token: "before-failover".into(),
             expires_in_ms: 600_000,
             fence: 0,
@@ -159,6 +163,7 @@ async fn sentinel_failover_during_sends() {
         s.write_token(
             APP,
             &NewToken {
+            age_ms: 0,
                 access_token: "after-failover".into(),
                 expires_in_ms: 600_000,
                 fence: 0,

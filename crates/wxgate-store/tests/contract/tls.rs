@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wxgate_redis_testkit::require_redis;
 use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
-use wxgate_store::{Acquire, AcquireRequest, Limit, Store};
+use wxgate_store::{Acquire, AcquireRequest, Health, Limit, Limiter};
 
 struct TlsRedis {
     child: Child,
@@ -165,7 +165,7 @@ async fn rediss_with_a_private_ca() {
     let s = store(redis.port, Some(redis.cert.clone()));
     s.ping().await.expect("TLS ping");
     let limits = [Limit {
-        name: "template_send".into(),
+        scope: wxgate_store::LimitScope::Api(wxgate_store::Api::TemplateSend),
         limit: 1,
         window_ms: 60_000,
     }];
@@ -176,9 +176,11 @@ async fn rediss_with_a_private_ca() {
         blocks: &[],
         guard_ms: 0,
         permit_id: "p1",
+        known_seq: 0,
+        loss: Default::default(),
     };
     assert!(matches!(
-        s.acquire(&req).await.unwrap(),
+        s.acquire(&req).await.unwrap().decision,
         Acquire::Granted { .. }
     ));
     assert!(matches!(
@@ -187,7 +189,8 @@ async fn rediss_with_a_private_ca() {
             ..req.clone()
         })
         .await
-        .unwrap(),
+        .unwrap()
+        .decision,
         Acquire::Wait { .. }
     ));
     // Without the CA the server's certificate is not trusted: unavailable, never plain text.

@@ -1,31 +1,24 @@
-//! The Redis backend: every operation is one Lua script (`src/lua/*.lua`, one atomic operation
-//! per file) run with EVALSHA, falling back to loading the script on NOSCRIPT — so it survives
-//! `SCRIPT FLUSH`, a Redis restart and a failover. Every key a script touches is passed in
-//! `KEYS` and carries the appid hash tag, so each script runs on one Cluster slot. Time inside
-//! scripts is Redis `TIME`.
+//! Reaching Redis: the topologies (standalone, Sentinel, Cluster), TLS, the Sentinel master
+//! watcher, and [`RedisConn::exec`], the one place a command or script is sent, timed out,
+//! classified and — only when it provably did not run — retried.
 //!
-//! Topologies: standalone (`redis://`, `rediss://`) through a `ConnectionManager` that
-//! reconnects by itself; Sentinel (master name + sentinel addresses) through a multiplexed
-//! connection to the master that Sentinel names (checked with `ROLE`), dropped and re-resolved
-//! when a watcher sees the sentinels name another master, or after an error that means the
-//! master moved (`READONLY`, connection refused or reset); Cluster (seed nodes)
-//! through redis-rs's cluster client, which follows `MOVED`/`ASK`. Connections are made lazily:
-//! a gateway starts while Redis is down and reports not-ready until Redis answers.
+//! Standalone (`redis://`, `rediss://`) goes through a `ConnectionManager` that reconnects by
+//! itself; Sentinel (master name + sentinel addresses) through a multiplexed connection to the
+//! master that Sentinel names (checked with `ROLE`), dropped and re-resolved when a watcher sees
+//! the sentinels name another master, or after an error that means the master moved
+//! (`READONLY`, connection refused or reset); Cluster (seed nodes) through redis-rs's cluster
+//! client, which follows `MOVED`/`ASK`. Connections are made lazily: a gateway starts while
+//! Redis is down and reports not-ready until Redis answers.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
+use redis::{FromRedisValue, RedisError, ScriptInvocation, Value};
 
-use crate::keys::Keys;
-use crate::{
-    Acquire, AcquireRequest, ExternalToken, IdemClaim, NewToken, Store, StoreError, StoredToken,
-    TokenSource, TokenWrite,
-};
+use crate::StoreError;
 
 /// Where Redis is.
 #[derive(Clone, PartialEq, Eq)]
@@ -95,39 +88,6 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .finish()
-    }
-}
-
-/// The scripts, loaded from their files at compile time. `Script` keeps the SHA1.
-struct Scripts {
-    acquire: Script,
-    block: Script,
-    token_write: Script,
-    token_invalidate: Script,
-    lease_acquire: Script,
-    lease_renew: Script,
-    lease_release: Script,
-    idem_claim: Script,
-    idem_complete: Script,
-    idem_release: Script,
-    external_token_read: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            acquire: Script::new(include_str!("lua/acquire.lua")),
-            block: Script::new(include_str!("lua/block.lua")),
-            token_write: Script::new(include_str!("lua/token_write.lua")),
-            token_invalidate: Script::new(include_str!("lua/token_invalidate.lua")),
-            lease_acquire: Script::new(include_str!("lua/lease_acquire.lua")),
-            lease_renew: Script::new(include_str!("lua/lease_renew.lua")),
-            lease_release: Script::new(include_str!("lua/lease_release.lua")),
-            idem_claim: Script::new(include_str!("lua/idem_claim.lua")),
-            idem_complete: Script::new(include_str!("lua/idem_complete.lua")),
-            idem_release: Script::new(include_str!("lua/idem_release.lua")),
-            external_token_read: Script::new(include_str!("lua/external_token_read.lua")),
-        }
     }
 }
 
@@ -472,45 +432,31 @@ fn is_readonly(e: &RedisError) -> bool {
     e.to_string().contains("READONLY")
 }
 
-/// The Redis store.
-pub struct RedisStore {
-    keys: Keys,
-    scripts: Arc<Scripts>,
-    conn: Connector,
+/// The store's connection: one multiplexed connection per process, whatever the topology.
+pub(crate) struct RedisConn {
+    connector: Connector,
 }
 
-impl RedisStore {
-    /// Builds the store; connects on first use (a gateway may start before Redis does).
-    pub fn new(cfg: RedisConfig) -> Result<Self, StoreError> {
-        // rustls needs one process-wide crypto provider for `rediss://`; choose ring (the one
-        // reqwest uses too) rather than depend on which crate features happen to be unified.
-        // An error only means a provider is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let keys = Keys::new(&cfg.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        Ok(Self {
-            keys,
-            scripts: Arc::new(Scripts::new()),
-            conn: Connector {
+impl RedisConn {
+    pub(crate) fn new(cfg: RedisConfig) -> Self {
+        Self {
+            connector: Connector {
                 cfg,
                 slot: Arc::new(Slot::default()),
                 connecting: tokio::sync::Mutex::new(()),
                 watcher: Mutex::new(None),
             },
-        })
-    }
-
-    pub fn keys(&self) -> &Keys {
-        &self.keys
+        }
     }
 
     /// Runs a script invocation (EVALSHA, NOSCRIPT → load and retry); see [`Self::exec`].
-    async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+    pub(crate) async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
         self.exec(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
             .await
     }
 
     /// Runs a single command; see [`Self::exec`].
-    async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+    pub(crate) async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         self.exec(|mut c| async move { cmd.query_async::<T>(&mut c).await })
             .await
     }
@@ -527,13 +473,13 @@ impl RedisStore {
     {
         let mut retried = false;
         loop {
-            let conn = self.conn.get().await?;
-            match tokio::time::timeout(self.conn.cfg.command_timeout, op(conn)).await {
+            let conn = self.connector.get().await?;
+            match tokio::time::timeout(self.connector.cfg.command_timeout, op(conn)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     let err = classify(&e);
                     if matches!(err, StoreError::Unavailable(_)) {
-                        self.conn.reset();
+                        self.connector.reset();
                     }
                     if (is_readonly(&e) || e.is_connection_refusal()) && !retried {
                         retried = true;
@@ -542,7 +488,7 @@ impl RedisStore {
                     return Err(err);
                 }
                 Err(_) => {
-                    self.conn.reset();
+                    self.connector.reset();
                     return Err(StoreError::Unavailable(
                         "Redis did not answer in time".into(),
                     ));
@@ -552,316 +498,12 @@ impl RedisStore {
     }
 }
 
-fn protocol(what: &str, v: impl fmt::Debug) -> StoreError {
-    StoreError::Protocol(format!("unexpected answer to {what}: {v:?}"))
-}
-
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn as_string(v: &Value) -> Option<String> {
+pub(crate) fn as_string(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
         Value::Int(i) => Some(i.to_string()),
         _ => None,
-    }
-}
-
-#[async_trait]
-impl Store for RedisStore {
-    fn backend(&self) -> &'static str {
-        "redis"
-    }
-
-    async fn now_ms(&self) -> Result<u64, StoreError> {
-        let (secs, micros): (u64, u64) = self.cmd(&redis::cmd("TIME")).await?;
-        Ok(secs * 1000 + micros / 1000)
-    }
-
-    async fn read_token(&self, appid: &str) -> Result<Option<StoredToken>, StoreError> {
-        let h: std::collections::HashMap<String, String> = self
-            .cmd(redis::cmd("HGETALL").arg(self.keys.token(appid)))
-            .await?;
-        if h.is_empty() {
-            return Ok(None);
-        }
-        let num = |f: &str| -> Result<u64, StoreError> {
-            h.get(f)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| protocol("token hash", f))
-        };
-        let source = match h.get("source").map(String::as_str) {
-            Some("classic") => TokenSource::Classic,
-            Some("external") => TokenSource::External,
-            _ => TokenSource::Stable,
-        };
-        // The key expires with the token (PEXPIREAT), so a present key is a live token.
-        Ok(Some(StoredToken {
-            access_token: h
-                .get("access_token")
-                .cloned()
-                .ok_or_else(|| protocol("token hash", "access_token"))?,
-            expires_at_ms: num("expires_at_ms")?,
-            fence: num("fence").unwrap_or(0),
-            node: h.get("node").cloned().unwrap_or_default(),
-            fetched_at_ms: num("fetched_at_ms").unwrap_or(0),
-            source,
-        }))
-    }
-
-    async fn write_token(&self, appid: &str, token: &NewToken) -> Result<TokenWrite, StoreError> {
-        let mut inv = self.scripts.token_write.prepare_invoke();
-        inv.key(self.keys.token(appid))
-            .key(self.keys.fence(appid))
-            .arg(&token.access_token)
-            .arg(token.expires_in_ms)
-            .arg(token.fence)
-            .arg(&token.node)
-            .arg(token.source.as_str());
-        let v: Vec<u64> = self.run(&inv).await?;
-        match v.as_slice() {
-            [1, expires_at_ms, fetched_at_ms] => Ok(TokenWrite::Written(StoredToken {
-                access_token: token.access_token.clone(),
-                expires_at_ms: *expires_at_ms,
-                fence: token.fence,
-                node: token.node.clone(),
-                fetched_at_ms: *fetched_at_ms,
-                source: token.source,
-            })),
-            [0, newest] => Ok(TokenWrite::StaleFence {
-                stored_fence: *newest,
-            }),
-            other => Err(protocol("token_write", other)),
-        }
-    }
-
-    async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.token_invalidate.prepare_invoke();
-        inv.key(self.keys.token(appid)).arg(bad_token);
-        let n: i64 = self.run(&inv).await?;
-        Ok(n == 1)
-    }
-
-    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
-        self.cmd(redis::cmd("GET").arg(self.keys.cache(appid, name)))
-            .await
-    }
-
-    async fn put_cached(
-        &self,
-        appid: &str,
-        name: &str,
-        value: &str,
-        ttl_ms: u64,
-    ) -> Result<(), StoreError> {
-        let _: () = self
-            .cmd(
-                redis::cmd("SET")
-                    .arg(self.keys.cache(appid, name))
-                    .arg(value)
-                    .arg("PX")
-                    .arg(ttl_ms),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
-        let mut inv = self.scripts.external_token_read.prepare_invoke();
-        inv.key(key);
-        let v: Vec<Value> = self.run(&inv).await?;
-        let kind = v.first().and_then(as_string).unwrap_or_default();
-        let token = v.get(1).and_then(as_string).unwrap_or_default();
-        let expires = match v.get(2) {
-            Some(Value::Int(i)) if *i >= 0 => Some(*i as u64),
-            _ => None,
-        };
-        let read_at_ms = v
-            .get(3)
-            .and_then(as_u64)
-            .ok_or_else(|| protocol("external token", &v))?;
-        if kind == "none" || token.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(ExternalToken {
-            access_token: token,
-            expires_at_ms: expires,
-            read_at_ms,
-        }))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self.cmd(&redis::cmd("PING")).await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(protocol("PING", pong))
-        }
-    }
-
-    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Acquire, StoreError> {
-        let mut inv = self.scripts.acquire.prepare_invoke();
-        for api in req.blocks {
-            inv.key(self.keys.block(req.appid, api));
-        }
-        for q in req.quotas {
-            inv.key(self.keys.quota(req.appid, &q.name));
-        }
-        for l in req.limits {
-            inv.key(self.keys.window(req.appid, &l.name, l.window_ms));
-        }
-        inv.arg(req.blocks.len())
-            .arg(req.quotas.len())
-            .arg(req.limits.len())
-            .arg(req.guard_ms)
-            .arg(req.permit_id);
-        for q in req.quotas {
-            inv.arg(q.limit);
-        }
-        for l in req.limits {
-            inv.arg(l.limit).arg(l.window_ms);
-        }
-        let v: Vec<Value> = self.run(&inv).await?;
-        let code = v.first().and_then(as_u64);
-        match code {
-            Some(1) => Ok(Acquire::Granted {
-                now_ms: v
-                    .get(1)
-                    .and_then(as_u64)
-                    .ok_or_else(|| protocol("acquire", &v))?,
-            }),
-            Some(2) => {
-                let wait_ms = v
-                    .get(1)
-                    .and_then(as_u64)
-                    .ok_or_else(|| protocol("acquire", &v))?;
-                let idx = v.get(2).and_then(as_u64).unwrap_or(1) as usize;
-                let limit = req
-                    .limits
-                    .get(idx.saturating_sub(1))
-                    .map(|l| l.name.clone())
-                    .unwrap_or_default();
-                Ok(Acquire::Wait { wait_ms, limit })
-            }
-            Some(3) => Ok(Acquire::Blocked {
-                until_ms: v
-                    .get(1)
-                    .and_then(as_u64)
-                    .ok_or_else(|| protocol("acquire", &v))?,
-                reason: v.get(2).and_then(as_string).unwrap_or_default(),
-            }),
-            _ => Err(protocol("acquire", &v)),
-        }
-    }
-
-    async fn block(
-        &self,
-        appid: &str,
-        api: &str,
-        until_ms: u64,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let mut inv = self.scripts.block.prepare_invoke();
-        inv.key(self.keys.block(appid, api))
-            .arg(until_ms)
-            .arg(reason);
-        let _: i64 = self.run(&inv).await?;
-        Ok(())
-    }
-
-    async fn acquire_lease(
-        &self,
-        appid: &str,
-        node: &str,
-        ttl_ms: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut inv = self.scripts.lease_acquire.prepare_invoke();
-        inv.key(self.keys.leader(appid))
-            .key(self.keys.fence(appid))
-            .arg(node)
-            .arg(ttl_ms);
-        let fence: i64 = self.run(&inv).await?;
-        Ok(u64::try_from(fence).ok())
-    }
-
-    async fn renew_lease(&self, appid: &str, node: &str, ttl_ms: u64) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.lease_renew.prepare_invoke();
-        inv.key(self.keys.leader(appid)).arg(node).arg(ttl_ms);
-        let n: i64 = self.run(&inv).await?;
-        Ok(n == 1)
-    }
-
-    async fn release_lease(&self, appid: &str, node: &str) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.lease_release.prepare_invoke();
-        inv.key(self.keys.leader(appid)).arg(node);
-        let n: i64 = self.run(&inv).await?;
-        Ok(n == 1)
-    }
-
-    async fn lease_holder(&self, appid: &str) -> Result<Option<String>, StoreError> {
-        self.cmd(redis::cmd("GET").arg(self.keys.leader(appid)))
-            .await
-    }
-
-    async fn claim_idempotency(
-        &self,
-        appid: &str,
-        key: &str,
-        request_id: &str,
-        ttl_ms: u64,
-    ) -> Result<IdemClaim, StoreError> {
-        let mut inv = self.scripts.idem_claim.prepare_invoke();
-        inv.key(self.keys.idempotency(appid, key))
-            .arg(request_id)
-            .arg(ttl_ms);
-        let v: Vec<String> = self.run(&inv).await?;
-        match v.as_slice() {
-            [state, _, _] if state == "claimed" => Ok(IdemClaim::Claimed),
-            [state, rid, _] if state == "in_progress" => Ok(IdemClaim::InProgress {
-                request_id: rid.clone(),
-            }),
-            [state, rid, result] if state == "done" => Ok(IdemClaim::Done {
-                request_id: rid.clone(),
-                result: result.clone(),
-            }),
-            other => Err(protocol("idem_claim", other)),
-        }
-    }
-
-    async fn complete_idempotency(
-        &self,
-        appid: &str,
-        key: &str,
-        request_id: &str,
-        result: &str,
-        ttl_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.idem_complete.prepare_invoke();
-        inv.key(self.keys.idempotency(appid, key))
-            .arg(request_id)
-            .arg(result)
-            .arg(ttl_ms);
-        let n: i64 = self.run(&inv).await?;
-        Ok(n == 1)
-    }
-
-    async fn release_idempotency(
-        &self,
-        appid: &str,
-        key: &str,
-        request_id: &str,
-    ) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.idem_release.prepare_invoke();
-        inv.key(self.keys.idempotency(appid, key)).arg(request_id);
-        let n: i64 = self.run(&inv).await?;
-        Ok(n == 1)
     }
 }
 

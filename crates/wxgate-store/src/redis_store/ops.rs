@@ -1,0 +1,390 @@
+//! The store's roles on Redis: each method is one script (or one read-only command).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use redis::Value;
+
+use super::connection::as_string;
+use super::{as_u64, protocol, RedisStore};
+use crate::{
+    Acquire, AcquireReply, AcquireRequest, Api, BlockCause, Cache, ClaimRequest, ExternalToken,
+    Health, IdemClaim, Idempotency, Leases, Limiter, NewToken, PreviousClaim, StoreError,
+    StoredToken, TokenSource, TokenStore, TokenWrite,
+};
+
+#[async_trait]
+impl Health for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn now_ms(&self) -> Result<u64, StoreError> {
+        let (secs, micros): (u64, u64) = self.conn.cmd(&redis::cmd("TIME")).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.conn.cmd(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(protocol("PING", pong))
+        }
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    async fn read_token(&self, appid: &str) -> Result<Option<StoredToken>, StoreError> {
+        let h: HashMap<String, String> = self
+            .conn
+            .cmd(redis::cmd("HGETALL").arg(self.keys.token(appid)))
+            .await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let num = |f: &str| -> Result<u64, StoreError> {
+            h.get(f)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| protocol("token hash", f))
+        };
+        let source = match h.get("source").map(String::as_str) {
+            Some("classic") => TokenSource::Classic,
+            Some("external") => TokenSource::External,
+            _ => TokenSource::Stable,
+        };
+        // The key expires with the token (PEXPIREAT), so a present key is a live token.
+        Ok(Some(StoredToken {
+            access_token: h
+                .get("access_token")
+                .cloned()
+                .ok_or_else(|| protocol("token hash", "access_token"))?,
+            expires_at_ms: num("expires_at_ms")?,
+            fence: num("fence").unwrap_or(0),
+            node: h.get("node").cloned().unwrap_or_default(),
+            fetched_at_ms: num("fetched_at_ms").unwrap_or(0),
+            source,
+        }))
+    }
+
+    async fn write_token(&self, appid: &str, token: &NewToken) -> Result<TokenWrite, StoreError> {
+        let mut inv = self.scripts.token_write.prepare_invoke();
+        inv.key(self.keys.token(appid))
+            .key(self.keys.fence(appid))
+            .arg(&token.access_token)
+            .arg(token.expires_in_ms)
+            .arg(token.fence)
+            .arg(&token.node)
+            .arg(token.source.as_str())
+            .arg(token.age_ms);
+        let v: Vec<u64> = self.conn.run(&inv).await?;
+        match v.as_slice() {
+            [1, expires_at_ms, fetched_at_ms] => Ok(TokenWrite::Written(StoredToken {
+                access_token: token.access_token.clone(),
+                expires_at_ms: *expires_at_ms,
+                fence: token.fence,
+                node: token.node.clone(),
+                fetched_at_ms: *fetched_at_ms,
+                source: token.source,
+            })),
+            [0, newest] => Ok(TokenWrite::StaleFence {
+                stored_fence: *newest,
+            }),
+            other => Err(protocol("token_write", other)),
+        }
+    }
+
+    async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.token_invalidate.prepare_invoke();
+        inv.key(self.keys.token(appid)).arg(bad_token);
+        let n: i64 = self.conn.run(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
+        let mut inv = self.scripts.external_token_read.prepare_invoke();
+        inv.key(key);
+        let v: Vec<Value> = self.conn.run(&inv).await?;
+        let kind = v.first().and_then(as_string).unwrap_or_default();
+        let token = v.get(1).and_then(as_string).unwrap_or_default();
+        let expires = match v.get(2) {
+            Some(Value::Int(i)) if *i >= 0 => Some(*i as u64),
+            _ => None,
+        };
+        let read_at_ms = v
+            .get(3)
+            .and_then(as_u64)
+            .ok_or_else(|| protocol("external token", &v))?;
+        if kind == "none" || token.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ExternalToken {
+            access_token: token,
+            expires_at_ms: expires,
+            read_at_ms,
+        }))
+    }
+}
+
+#[async_trait]
+impl Limiter for RedisStore {
+    async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError> {
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        inv.key(self.keys.epoch(req.appid));
+        for api in req.blocks {
+            inv.key(self.keys.block(req.appid, api.as_str()));
+        }
+        for q in req.quotas {
+            inv.key(self.keys.quota(req.appid, q.api.as_str()));
+        }
+        for l in req.limits {
+            inv.key(self.keys.window(req.appid, &l.name(), l.window_ms));
+        }
+        inv.arg(req.blocks.len())
+            .arg(req.quotas.len())
+            .arg(req.limits.len())
+            .arg(req.guard_ms)
+            .arg(req.permit_id)
+            .arg(req.known_seq)
+            .arg(u8::from(req.loss.hold))
+            .arg(req.loss.hold_max_window_ms);
+        for q in req.quotas {
+            inv.arg(q.limit);
+        }
+        for l in req.limits {
+            inv.arg(l.limit).arg(l.window_ms);
+        }
+        let v: Vec<Value> = self.conn.run(&inv).await?;
+        let n = |i: usize| v.get(i).and_then(as_u64).ok_or_else(|| protocol("acquire", &v));
+        let state_loss = n(1)? == 1;
+        let decision = match n(0)? {
+            1 => Acquire::Granted {
+                now_ms: n(2)?,
+                seq: n(3)?,
+            },
+            2 => Acquire::Wait {
+                wait_ms: n(2)?,
+                window: (n(3)? as usize)
+                    .checked_sub(1)
+                    .filter(|i| *i < req.limits.len())
+                    .ok_or_else(|| protocol("acquire", &v))?,
+                held: n(4)? == 1,
+            },
+            3 => {
+                let until_ms = n(2)?;
+                let index = (n(4)? as usize)
+                    .checked_sub(1)
+                    .ok_or_else(|| protocol("acquire", &v))?;
+                let cause = match n(3)? {
+                    1 => BlockCause::Paused {
+                        api: *req.blocks.get(index).ok_or_else(|| protocol("acquire", &v))?,
+                        // A pause set by an older version holds text: errcode 0 (unknown).
+                        errcode: v
+                            .get(5)
+                            .and_then(as_string)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0),
+                    },
+                    2 => {
+                        let q = req.quotas.get(index).ok_or_else(|| protocol("acquire", &v))?;
+                        BlockCause::Quota {
+                            api: q.api,
+                            limit: q.limit,
+                        }
+                    }
+                    _ => return Err(protocol("acquire", &v)),
+                };
+                Acquire::Blocked { until_ms, cause }
+            }
+            _ => return Err(protocol("acquire", &v)),
+        };
+        Ok(AcquireReply {
+            decision,
+            state_loss,
+        })
+    }
+
+    async fn block(
+        &self,
+        appid: &str,
+        api: Api,
+        until_ms: u64,
+        errcode: i64,
+    ) -> Result<(), StoreError> {
+        let mut inv = self.scripts.block.prepare_invoke();
+        inv.key(self.keys.block(appid, api.as_str()))
+            .arg(until_ms)
+            .arg(errcode);
+        let _: i64 = self.conn.run(&inv).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Leases for RedisStore {
+    async fn acquire_lease(
+        &self,
+        appid: &str,
+        node: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut inv = self.scripts.lease_acquire.prepare_invoke();
+        inv.key(self.keys.leader(appid))
+            .key(self.keys.fence(appid))
+            .arg(node)
+            .arg(ttl_ms);
+        let fence: i64 = self.conn.run(&inv).await?;
+        Ok(u64::try_from(fence).ok())
+    }
+
+    async fn renew_lease(&self, appid: &str, node: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.lease_renew.prepare_invoke();
+        inv.key(self.keys.leader(appid)).arg(node).arg(ttl_ms);
+        let n: i64 = self.conn.run(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn release_lease(&self, appid: &str, node: &str) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.lease_release.prepare_invoke();
+        inv.key(self.keys.leader(appid)).arg(node);
+        let n: i64 = self.conn.run(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn lease_holder(&self, appid: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .cmd(redis::cmd("GET").arg(self.keys.leader(appid)))
+            .await
+    }
+}
+
+#[async_trait]
+impl Idempotency for RedisStore {
+    async fn claim_idempotency(
+        &self,
+        appid: &str,
+        req: &ClaimRequest<'_>,
+    ) -> Result<IdemClaim, StoreError> {
+        let mut inv = self.scripts.idem_claim.prepare_invoke();
+        inv.key(self.keys.idempotency(appid, req.key))
+            .arg(req.request_id)
+            .arg(req.lease_ms)
+            .arg(req.ttl_ms)
+            .arg(req.api.as_str())
+            .arg(req.client_msg_id.unwrap_or(""));
+        let v: Vec<Value> = self.conn.run(&inv).await?;
+        let s = |i: usize| v.get(i).and_then(as_string).unwrap_or_default();
+        let n = |i: usize| v.get(i).and_then(as_u64).unwrap_or(0);
+        let non_empty = |x: String| (!x.is_empty()).then_some(x);
+        match s(0).as_str() {
+            "claimed" => Ok(IdemClaim::Claimed),
+            "taken_over" => Ok(IdemClaim::TakenOver {
+                previous: PreviousClaim {
+                    request_id: s(1),
+                    api: Api::parse(&s(4)),
+                    client_msg_id: non_empty(s(5)),
+                    first_attempt_ms: Some(n(6)).filter(|t| *t > 0),
+                    now_ms: n(7),
+                },
+            }),
+            "in_progress" => Ok(IdemClaim::InProgress {
+                request_id: s(1),
+                lease_left_ms: n(3),
+            }),
+            "done" => Ok(IdemClaim::Done {
+                request_id: s(1),
+                result: s(2),
+            }),
+            _ => Err(protocol("idem_claim", &v)),
+        }
+    }
+
+    async fn mark_attempt(
+        &self,
+        appid: &str,
+        key: &str,
+        request_id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.idem_attempt.prepare_invoke();
+        inv.key(self.keys.idempotency(appid, key)).arg(request_id);
+        let n: i64 = self.conn.run(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn renew_claim(
+        &self,
+        appid: &str,
+        key: &str,
+        request_id: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.idem_renew.prepare_invoke();
+        inv.key(self.keys.idempotency(appid, key))
+            .arg(request_id)
+            .arg(lease_ms);
+        let n: i64 = self.conn.run(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn complete_idempotency(
+        &self,
+        appid: &str,
+        key: &str,
+        request_id: &str,
+        result: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.idem_complete.prepare_invoke();
+        inv.key(self.keys.idempotency(appid, key))
+            .arg(request_id)
+            .arg(result)
+            .arg(ttl_ms);
+        let n: i64 = self.conn.run(&inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn release_idempotency(
+        &self,
+        appid: &str,
+        key: &str,
+        request_id: &str,
+        keep_attempt: bool,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.idem_release.prepare_invoke();
+        inv.key(self.keys.idempotency(appid, key))
+            .arg(request_id)
+            .arg(u8::from(keep_attempt));
+        let n: i64 = self.conn.run(&inv).await?;
+        Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl Cache for RedisStore {
+    async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .cmd(redis::cmd("GET").arg(self.keys.cache(appid, name)))
+            .await
+    }
+
+    async fn put_cached(
+        &self,
+        appid: &str,
+        name: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .cmd(
+                redis::cmd("SET")
+                    .arg(self.keys.cache(appid, name))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(())
+    }
+}
