@@ -13,9 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::memory::MemoryStore;
-use crate::{
-    Acquire, AcquireReply, AcquireRequest, Api, DailyQuota, Limit, Limiter, StoreError,
-};
+use crate::{Acquire, AcquireReply, AcquireRequest, Api, DailyQuota, Limit, Limiter, StoreError};
 
 /// The policy when the store is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -484,11 +484,13 @@ impl Idempotency for MemoryStore {
         result: &str,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        Ok(self.with_own_claim(appid, key, request_id, |rec, exp, now| {
-            rec.done = true;
-            rec.result = result.to_string();
-            *exp = now + ttl_ms;
-        }))
+        Ok(
+            self.with_own_claim(appid, key, request_id, |rec, exp, now| {
+                rec.done = true;
+                rec.result = result.to_string();
+                *exp = now + ttl_ms;
+            }),
+        )
     }
 
     async fn release_idempotency(

@@ -450,7 +450,10 @@ impl RedisConn {
     }
 
     /// Runs a script invocation (EVALSHA, NOSCRIPT → load and retry); see [`Self::exec`].
-    pub(crate) async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+    pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         self.exec(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
             .await
     }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use redis::{Script, Value};
 
-pub use connection::{redact_url, RedisConfig, Topology};
 use connection::RedisConn;
+pub use connection::{redact_url, RedisConfig, Topology};
 
 use crate::keys::Keys;
 use crate::StoreError;

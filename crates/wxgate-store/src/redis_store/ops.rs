@@ -156,7 +156,11 @@ impl Limiter for RedisStore {
             inv.arg(l.limit).arg(l.window_ms);
         }
         let v: Vec<Value> = self.conn.run(&inv).await?;
-        let n = |i: usize| v.get(i).and_then(as_u64).ok_or_else(|| protocol("acquire", &v));
+        let n = |i: usize| {
+            v.get(i)
+                .and_then(as_u64)
+                .ok_or_else(|| protocol("acquire", &v))
+        };
         let state_loss = n(1)? == 1;
         let decision = match n(0)? {
             1 => Acquire::Granted {
@@ -178,7 +182,10 @@ impl Limiter for RedisStore {
                     .ok_or_else(|| protocol("acquire", &v))?;
                 let cause = match n(3)? {
                     1 => BlockCause::Paused {
-                        api: *req.blocks.get(index).ok_or_else(|| protocol("acquire", &v))?,
+                        api: *req
+                            .blocks
+                            .get(index)
+                            .ok_or_else(|| protocol("acquire", &v))?,
                         // A pause set by an older version holds text: errcode 0 (unknown).
                         errcode: v
                             .get(5)
@@ -187,7 +194,10 @@ impl Limiter for RedisStore {
                             .unwrap_or(0),
                     },
                     2 => {
-                        let q = req.quotas.get(index).ok_or_else(|| protocol("acquire", &v))?;
+                        let q = req
+                            .quotas
+                            .get(index)
+                            .ok_or_else(|| protocol("acquire", &v))?;
                         BlockCause::Quota {
                             api: q.api,
                             limit: q.limit,

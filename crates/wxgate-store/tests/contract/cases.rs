@@ -739,7 +739,10 @@ async fn keys_are_readable_namespaced_and_expire() {
     );
     assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
     assert_eq!(server.cli(&["HGET", &expect("epoch"), "seq"]), "1");
-    assert_eq!(server.cli(&["GET", &expect("block:template_send")]), "45011");
+    assert_eq!(
+        server.cli(&["GET", &expect("block:template_send")]),
+        "45011"
+    );
 }
 
 #[tokio::test]
@@ -780,7 +783,9 @@ async fn external_tokens_are_read_from_any_key() {
         None
     );
     assert!(
-        wxgate_store::TokenStore::read_external_token(&MemoryStore::new(), "k").await.is_err(),
+        wxgate_store::TokenStore::read_external_token(&MemoryStore::new(), "k")
+            .await
+            .is_err(),
         "memory has no external keys"
     );
 }

@@ -163,7 +163,7 @@ async fn sentinel_failover_during_sends() {
         s.write_token(
             APP,
             &NewToken {
-            age_ms: 0,
+                age_ms: 0,
                 access_token: "after-failover".into(),
                 expires_in_ms: 600_000,
                 fence: 0,
