@@ -1,4 +1,4 @@
-//! Prometheus metrics (`GET /metrics`, OpenMetrics text). Labels are app names, API names,
+//! The Prometheus metrics the engine records (served by the HTTP crate at `GET /metrics`). Labels are app names, API names,
 //! errcodes and classes from the errcode table, and stable outcome codes — never a token, a
 //! secret, an openid or a request id, so cardinality stays bounded by configuration.
 
@@ -35,8 +35,13 @@ pub struct WechatErrorLabels {
 pub struct PermitLabels {
     pub app: String,
     pub api: String,
-    /// `granted`, `wait`, `blocked` or `unavailable`.
+    /// `granted`, `wait`, `held` (full only after a state loss), `blocked` or `unavailable`.
     pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    pub app: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +64,8 @@ pub struct Metrics {
     pub wechat_errors: Family<WechatErrorLabels, Counter>,
     pub permits: Family<PermitLabels, Counter>,
     pub token_fetches: Family<TokenLabels, Counter>,
+    pub state_losses: Family<AppLabels, Counter>,
+    pub idempotency_takeovers: Family<AppLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,7 +110,21 @@ impl Metrics {
             "Calls to WeChat's token endpoints made by this node (as the refresh leader)",
             token_fetches.clone(),
         );
+        let state_losses = Family::<AppLabels, Counter>::default();
+        registry.register(
+            "state_losses",
+            "Times this node found that the shared store had lost the limiter's state",
+            state_losses.clone(),
+        );
+        let idempotency_takeovers = Family::<AppLabels, Counter>::default();
+        registry.register(
+            "idempotency_takeovers",
+            "Idempotency claims taken over from requests that did not finish (a crashed node)",
+            idempotency_takeovers.clone(),
+        );
         Self {
+            state_losses,
+            idempotency_takeovers,
             registry,
             sends,
             send_seconds,

@@ -19,10 +19,10 @@ use wxgate_config::sending::{TemplateDef, TemplateKind};
 use wxgate_config::{App, AppKind, Settings};
 use wxgate_protocol::template_content::placeholders;
 use wxgate_protocol::wire::MessageData;
-use wxgate_store::Store;
+use wxgate_store::SharedState;
 use wxgate_upstream::{Answered, WechatClient};
 
-use crate::error::ApiError;
+use crate::outcome::SendError;
 use crate::token::TokenManager;
 
 const CACHE_NAME: &str = "templates";
@@ -78,7 +78,7 @@ impl Registry {
         template_id: &str,
         kind: TemplateKind,
         data: &MessageData,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, SendError> {
         let templates = self
             .app(app)
             .templates
@@ -89,7 +89,7 @@ impl Registry {
             .find(|t| t.alias == template_id || t.id == template_id);
         let Some(t) = found else {
             if app.strict_templates {
-                return Err(ApiError::invalid_field(
+                return Err(invalid_field(
                     "template_id",
                     format!(
                         "`{template_id}` is not a registered template of app `{}`",
@@ -104,7 +104,7 @@ impl Registry {
                 TemplateKind::Template => "a template message",
                 TemplateKind::Subscribe => "a subscribe message",
             };
-            return Err(ApiError::invalid_field(
+            return Err(invalid_field(
                 "template_id",
                 format!("template `{}` is registered as {what} template", t.alias),
             ));
@@ -112,7 +112,7 @@ impl Registry {
         if let Some(fields) = &t.fields {
             for f in fields {
                 if !data.contains_key(f) {
-                    return Err(ApiError::invalid_field(
+                    return Err(invalid_field(
                         format!("data.{f}"),
                         format!("`data.{f}` is required by template `{}`", t.alias),
                     ));
@@ -120,7 +120,7 @@ impl Registry {
             }
             for k in data.keys() {
                 if !fields.contains(k) {
-                    return Err(ApiError::invalid_field(
+                    return Err(invalid_field(
                         format!("data.{k}"),
                         format!(
                             "`data.{k}` is not a field of template `{}` (fields: {})",
@@ -176,7 +176,7 @@ impl Registry {
         app: &App,
         tokens: &TokenManager,
         client: &WechatClient,
-        store: &dyn Store,
+        store: &SharedState,
     ) -> Result<(), String> {
         let reg = self.app(app);
         if reg
@@ -191,12 +191,13 @@ impl Registry {
         if reg.verified.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        let listed: Vec<Listed> = match store.get_cached(&app.appid, CACHE_NAME).await {
+        let listed: Vec<Listed> = match store.cache.get_cached(&app.appid, CACHE_NAME).await {
             Ok(Some(json)) => serde_json::from_str(&json).map_err(|e| e.to_string())?,
             _ => {
                 let fresh = fetch_lists(app, tokens, client).await?;
                 let json = serde_json::to_string(&fresh).map_err(|e| e.to_string())?;
                 if let Err(e) = store
+                    .cache
                     .put_cached(&app.appid, CACHE_NAME, &json, CACHE_TTL_MS)
                     .await
                 {
@@ -301,4 +302,11 @@ async fn fetch_lists(
         Answered::Err(e) => return Err(format!("gettemplate: {} {}", e.errcode, e.errmsg)),
     }
     Ok(out)
+}
+
+fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> SendError {
+    SendError::InvalidField {
+        field: field.into(),
+        message: message.into(),
+    }
 }

@@ -7,14 +7,16 @@
 //!
 //! `code` is stable and machine-readable; `message` is for humans; `field` names the input at
 //! fault when there is one; `wechat_errcode` is set when WeChat answered; `retryable` says
-//! whether sending the same request again later can succeed. WeChat errcodes are mapped here
-//! from their class in `wxgate_protocol::errcode` and nowhere else.
+//! whether sending the same request again later can succeed. The engine's typed outcomes are
+//! mapped to statuses here, in one exhaustive match ([`ApiError::from_send`]), and nowhere
+//! else.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde::Serialize;
-use wxgate_protocol::errcode::{self, ErrorClass};
+use wxgate_engine::SendError;
+use wxgate_protocol::errcode::ErrorClass;
 
 /// A failure, ready to be answered.
 #[derive(Debug, Clone)]
@@ -68,17 +70,6 @@ impl ApiError {
         self
     }
 
-    /// A 503 for a shared store that cannot be reached: nothing was sent.
-    pub fn store_unavailable(e: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            format!("{e}; nothing was sent"),
-        )
-        .retryable(true)
-        .retry_after(1)
-    }
-
     /// A 400 for a body that is not the API's JSON shape.
     pub fn invalid_request(field: Option<String>, message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request", message);
@@ -91,36 +82,41 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
     }
 
-    /// WeChat answered `errcode` to a send: map its class to status, code and retryability.
-    pub fn from_wechat(errcode: i64, errmsg: &str, class: ErrorClass, now_ms: u64) -> Self {
-        let name = errcode::lookup(errcode)
-            .map(|r| r.name)
-            .unwrap_or("unknown");
-        let message = format!("WeChat answered {errcode} ({name}): {errmsg}");
-        let (status, code) = match class {
-            ErrorClass::TokenRefresh => (StatusCode::BAD_GATEWAY, "upstream_token_rejected"),
-            ErrorClass::Backoff => (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"),
-            ErrorClass::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ErrorClass::QuotaExhausted => (StatusCode::TOO_MANY_REQUESTS, "quota_exhausted"),
-            ErrorClass::Caller => (StatusCode::UNPROCESSABLE_ENTITY, "rejected_by_wechat"),
-            ErrorClass::Config => (StatusCode::BAD_GATEWAY, "app_misconfigured"),
-            ErrorClass::Unclassified => (StatusCode::BAD_GATEWAY, "upstream_error"),
+    /// The HTTP answer to an engine error: the status is chosen here, once per variant; the
+    /// code, message, field, errcode, retryability and Retry-After come from the error itself.
+    pub fn from_send(e: &SendError) -> Self {
+        let status = match e {
+            SendError::RateLimited { .. }
+            | SendError::Paused { .. }
+            | SendError::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            SendError::Wechat { class, .. } => match class {
+                ErrorClass::TokenRefresh => StatusCode::BAD_GATEWAY,
+                ErrorClass::Backoff => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorClass::RateLimited | ErrorClass::QuotaExhausted => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                ErrorClass::Caller => StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorClass::Config | ErrorClass::Unclassified => StatusCode::BAD_GATEWAY,
+            },
+            SendError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SendError::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
+            SendError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SendError::AppMisconfigured { .. } => StatusCode::BAD_GATEWAY,
+            SendError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SendError::InProgress { .. } => StatusCode::CONFLICT,
+            SendError::TemplatesUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SendError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            SendError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut e = Self::new(status, code, message);
-        e.wechat_errcode = Some(errcode);
-        e.retryable = class.retryable();
-        e.retry_after = match class.window_reset_ms(now_ms) {
-            Some(reset) => Some(reset.saturating_sub(now_ms) / 1000 + 1),
-            None if class == ErrorClass::Backoff => Some(1),
-            None => None,
-        };
-        if class == ErrorClass::QuotaExhausted {
-            e.message.push_str(&format!(
-                "; the quota resets at 00:00 Beijing time (in {} s)",
-                e.retry_after.unwrap_or(0)
-            ));
+        Self {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+            field: e.field().map(str::to_string),
+            wechat_errcode: e.wechat_errcode(),
+            retryable: e.retryable(),
+            retry_after: e.retry_after_ms().map(|ms| ms.div_ceil(1000).max(1)),
         }
-        e
     }
 
     /// The JSON body (for storing under an idempotency key).
@@ -146,14 +142,21 @@ impl ApiError {
     }
 }
 
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        Self::from_send(&e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wxgate_protocol::errcode;
 
     #[track_caller]
     fn check(errcode: i64, status: u16, code: &str, retryable: bool) {
         let class = errcode::classify(errcode, errcode::Endpoint::Business);
-        let e = ApiError::from_wechat(errcode, "msg", class, 1_000);
+        let e = ApiError::from_send(&SendError::wechat(errcode, "msg", class, 1_000));
         assert_eq!(
             (e.status.as_u16(), e.code, e.retryable),
             (status, code, retryable),
@@ -176,9 +179,14 @@ mod tests {
 
     #[test]
     fn retry_after_points_at_the_window_reset() {
-        let minute = ApiError::from_wechat(45011, "", ErrorClass::RateLimited, 59_500);
+        let minute = ApiError::from_send(&SendError::wechat(
+            45011,
+            "",
+            ErrorClass::RateLimited,
+            59_500,
+        ));
         assert_eq!(minute.retry_after, Some(1));
-        let day = ApiError::from_wechat(45009, "", ErrorClass::QuotaExhausted, 0);
+        let day = ApiError::from_send(&SendError::wechat(45009, "", ErrorClass::QuotaExhausted, 0));
         // 1970-01-01T00:00Z is 08:00 in Beijing: 16 h to the reset.
         assert_eq!(day.retry_after, Some(16 * 3600 + 1));
     }

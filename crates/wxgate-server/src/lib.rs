@@ -8,23 +8,22 @@
 //! - `auth`: bearer API keys and the apps each may use.
 //! - `body`: reading and strictly decoding JSON bodies (size, content type, unknown fields).
 //! - `validate`: the rules a message must pass before anything is sent.
-//! - `token`: the per-node token cache in front of the shared store, with single-flight refresh.
-//! - `send`: one send to WeChat, with the one-refresh-one-retry answer to a rejected token.
-//! - [`error`]: the one JSON error shape, and how each failure maps to an HTTP status.
-//! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
+//! - [`error`]: the one JSON error shape, and the one place an engine outcome gets an HTTP
+//!   status.
+//!
+//! Sending itself (tokens, permits, retries, idempotency, the template registry, metrics) is
+//! the engine's (`wxgate-engine`); the handlers parse, validate and resolve a request once and
+//! hand it over.
 //!
 //! **Architecture invariant:** this is the only crate that knows actix or HTTP status codes.
 
 mod auth;
 mod body;
 pub mod error;
-pub mod metrics;
-mod registry;
 mod request_id;
 mod routes;
-mod send;
 pub mod startup;
-mod token;
 mod validate;
 
-pub use startup::{check_templates_online, Application, BuildOptions};
+pub use startup::{Application, BuildOptions};
+pub use wxgate_engine::check_templates_online;

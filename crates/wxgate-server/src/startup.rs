@@ -9,38 +9,19 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App as ActixApp, HttpServer};
 use secrecy::ExposeSecret;
 use wxgate_config::{OnUnavailable, RedisMode, Settings, StoreKind};
+use wxgate_engine::Engine;
 use wxgate_store::clock::{Clock, SystemClock};
-use wxgate_store::fallback::{self, FallbackStore};
+use wxgate_store::fallback::{self, FallbackLimiter};
 use wxgate_store::memory::MemoryStore;
 use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
-use wxgate_store::Store;
-use wxgate_upstream::{UpstreamConfig, WechatClient};
+use wxgate_store::{SharedState, Store};
 
-use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::request_id;
 use crate::routes;
-use crate::token::{TokenConfig, TokenManager};
 
 /// Everything a handler needs, built once per process.
 pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: Arc<dyn Store>,
-    pub client: WechatClient,
-    pub tokens: Arc<TokenManager>,
-    pub registry: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
-    pub node_id: String,
-    /// Per-node permit counter (see `send::permit`).
-    pub permits: std::sync::atomic::AtomicU64,
-}
-
-impl AppState {
-    pub fn next_permit(&self) -> u64 {
-        self.permits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
+    pub engine: Arc<Engine>,
 }
 
 /// Optional overrides of what `build` would otherwise create from the settings.
@@ -73,8 +54,7 @@ pub struct Application {
     server: Server,
     node_id: String,
     shutdown: tokio::sync::watch::Sender<bool>,
-    refresher: tokio::task::JoinHandle<()>,
-    verifier: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -92,61 +72,33 @@ impl Application {
             .local_addr()
             .map_err(|e| BuildError::Setup(e.to_string()))?;
         let clock: Arc<dyn Clock> = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let store: Arc<dyn Store> = match opts.store {
-            Some(s) => s,
+        let (store, local_share) = match opts.store {
+            Some(s) => (SharedState::new(s), false),
             None => build_store(&settings, clock.clone())?,
         };
-        let client = wechat_client(&settings).map_err(BuildError::Setup)?;
         let node_id = settings.server.node_id.clone().unwrap_or_else(|| {
             format!(
                 "wxgate-{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             )
         });
-        let metrics = Arc::new(Metrics::new());
-        let t = &settings.token;
-        let tokens = Arc::new(TokenManager::new(
-            store.clone(),
-            client.clone(),
-            clock.clone(),
-            TokenConfig {
-                node_id: node_id.clone(),
-                refresh_ahead_ms: t.refresh_ahead.as_millis() as u64,
-                lease_ttl_ms: t.lease_ttl.as_millis() as u64,
-                check_interval: t.check_interval,
-                wait_for_token: t.wait_for_token,
-                fetch_per_minute: t.fetch_per_minute,
-            },
-            settings.apps.values(),
-            metrics.clone(),
-        ));
+        let workers = settings.server.workers;
+        let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
+        let engine = Arc::new(
+            Engine::new(
+                Arc::new(settings),
+                store,
+                clock,
+                node_id.clone(),
+                local_share,
+            )
+            .map_err(BuildError::Setup)?,
+        );
         // Every node runs the refresher; the lease decides which one fetches. It stops (and
         // releases the leases) when the server stops.
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let refresher = tokio::spawn(tokens.clone().run_refresher(shutdown_rx));
-        let workers = settings.server.workers;
-        let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
-        let registry = Arc::new(Registry::new(&settings));
-        let settings = Arc::new(settings);
-        let verifier = tokio::spawn(verify_templates(
-            settings.clone(),
-            registry.clone(),
-            tokens.clone(),
-            client.clone(),
-            store.clone(),
-            shutdown.subscribe(),
-        ));
-        let state = web::Data::new(AppState {
-            settings,
-            store,
-            client,
-            tokens,
-            registry,
-            metrics,
-            clock,
-            node_id: node_id.clone(),
-            permits: std::sync::atomic::AtomicU64::new(0),
-        });
+        let background = engine.spawn_background(shutdown_rx);
+        let state = web::Data::new(AppState { engine });
 
         let mut server = HttpServer::new(move || {
             ActixApp::new()
@@ -194,8 +146,7 @@ impl Application {
             server,
             node_id,
             shutdown,
-            refresher,
-            verifier,
+            background,
         })
     }
 
@@ -221,29 +172,25 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         let _ = self.shutdown.send(true);
-        let _ = self.refresher.await;
-        let _ = self.verifier.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         result
     }
 }
 
-/// The WeChat client as `[upstream]` configures it.
-fn wechat_client(settings: &Settings) -> Result<WechatClient, String> {
-    WechatClient::new(&UpstreamConfig {
-        base_url: settings.upstream.base_url.clone(),
-        connect_timeout: settings.upstream.connect_timeout,
-        request_timeout: settings.upstream.request_timeout,
-        pool_max_idle_per_host: settings.upstream.pool_max_idle_per_host,
-        ..UpstreamConfig::default()
-    })
-    .map_err(|e| e.to_string())
-}
-
-/// The configured store. Redis is wrapped in the `on_unavailable` policy for `acquire`.
-fn build_store(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, BuildError> {
+/// The configured store, and whether its limiter admits from a local share without it. With
+/// Redis, the limiter role alone is wrapped in the `on_unavailable` policy.
+fn build_store(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<(SharedState, bool), BuildError> {
     let st = &settings.store;
     match st.kind {
-        StoreKind::Memory => Ok(Arc::new(MemoryStore::with_clock(clock))),
+        StoreKind::Memory => {
+            let memory: Arc<dyn Store> = Arc::new(MemoryStore::with_clock(clock));
+            Ok((SharedState::new(memory), false))
+        }
         StoreKind::Redis => {
             let r = st
                 .redis
@@ -282,84 +229,13 @@ fn build_store(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<dyn Sto
                     expected_replicas: st.expected_replicas,
                 },
             };
-            Ok(Arc::new(FallbackStore::new(Arc::new(redis), policy)))
+            let redis: Arc<dyn Store> = Arc::new(redis);
+            let limiter = FallbackLimiter::new(redis.clone(), policy);
+            let local_share = limiter.admits_without_store();
+            Ok((
+                SharedState::new(redis).with_limiter(Arc::new(limiter)),
+                local_share,
+            ))
         }
     }
-}
-
-/// Checks every app's template registry against WeChat's lists once, retrying every 30 s
-/// while WeChat or the store cannot be asked, until shutdown.
-async fn verify_templates(
-    settings: Arc<Settings>,
-    registry: Arc<Registry>,
-    tokens: Arc<TokenManager>,
-    client: WechatClient,
-    store: Arc<dyn Store>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let mut pending = false;
-        for app in settings.apps.values() {
-            if registry.verified(app) {
-                continue;
-            }
-            if let Err(e) = registry.verify(app, &tokens, &client, &*store).await {
-                pending = true;
-                tracing::warn!(app = %app.name, error = %e, "cannot check the template registry against WeChat yet");
-            }
-        }
-        if !pending {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// `wxgate check-config --online`: checks every app's template registry against WeChat's
-/// template lists, with a token from `/cgi-bin/stable_token` in normal mode (which never
-/// invalidates a token in use, whatever the app's mode), in memory, touching no shared state.
-/// Returns the problems found; `Err` when WeChat could not be asked.
-pub async fn check_templates_online(settings: &Settings) -> Result<Vec<String>, String> {
-    let client = wechat_client(settings)?;
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    // Classic apps are checked with a stable token: the two families never affect each other.
-    let apps: Vec<wxgate_config::App> = settings
-        .apps
-        .values()
-        .filter(|a| a.token_mode != wxgate_config::TokenMode::External && !a.templates.is_empty())
-        .map(|a| wxgate_config::App {
-            token_mode: wxgate_config::TokenMode::Stable,
-            ..a.clone()
-        })
-        .collect();
-    let tokens = TokenManager::new(
-        store.clone(),
-        client.clone(),
-        Arc::new(SystemClock),
-        TokenConfig {
-            node_id: "check-config".into(),
-            refresh_ahead_ms: 0,
-            lease_ttl_ms: 60_000,
-            check_interval: std::time::Duration::from_secs(1),
-            wait_for_token: std::time::Duration::from_secs(1),
-            fetch_per_minute: 10,
-        },
-        apps.iter(),
-        Arc::new(Metrics::new()),
-    );
-    let mut checked = settings.clone();
-    checked.apps = apps.iter().map(|a| (a.name.clone(), a.clone())).collect();
-    let registry = Registry::new(&checked);
-    let mut problems = Vec::new();
-    for app in &apps {
-        registry
-            .verify(app, &tokens, &client, &*store)
-            .await
-            .map_err(|e| format!("app `{}`: {e}", app.name))?;
-        problems.extend(registry.problems(app));
-    }
-    Ok(problems)
 }
