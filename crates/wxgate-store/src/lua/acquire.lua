@@ -1,4 +1,5 @@
 -- acquire.lua: take one permit from every limit and daily quota of a send, or from none.
+-- Called by Limiter::acquire in src/redis_store/ops.rs; this header is the contract between them.
 --
 -- KEYS: KEYS[1] the app's epoch hash, then nb pause keys, then nq quota keys, then nl window
 --       keys (all of one app: one Cluster slot).
