@@ -27,4 +27,7 @@ pub mod startup;
 mod token;
 mod validate;
 
+#[cfg(test)]
+mod proptests;
+
 pub use startup::{check_templates_online, Application, BuildOptions};
