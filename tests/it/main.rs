@@ -1,5 +1,6 @@
 //! wxgate's end-to-end tests: one binary, one module per capability.
 
+mod cluster_faults;
 mod cluster_limits;
 mod cluster_tokens;
 mod limits;

@@ -165,6 +165,12 @@ pub async fn spawn() -> TestGateway {
 }
 
 pub async fn spawn_with(opts: Options) -> TestGateway {
+    spawn_with_edit(opts, |toml| toml).await
+}
+
+/// Like [`spawn_with`], with `edit` applied to the finished gateway TOML (to change a key of a
+/// table the standard configuration already has, e.g. `request_timeout_ms` in `[upstream]`).
+pub async fn spawn_with_edit(opts: Options, edit: impl FnOnce(String) -> String) -> TestGateway {
     let fake_listener = TcpListener::bind("127.0.0.1:0").expect("bind fake");
     let fake = FakeWechat::start(opts.fake, fake_listener)
         .await
@@ -191,6 +197,7 @@ pub async fn spawn_with(opts: Options) -> TestGateway {
             1,
         );
     }
+    let toml = edit(toml);
     let settings = Settings::from_toml_str(&toml).expect("test gateway settings");
     let clock = Arc::new(ManualClock::new());
     let app = Application::build(
@@ -408,36 +415,107 @@ pub struct GatewayProcess {
     pub url: String,
     pub log: PathBuf,
     child: Option<ChildGuard>,
+    /// The configuration as given (with `{port}`), and the file written from it.
+    config: String,
+    config_file: PathBuf,
 }
 
 impl GatewayProcess {
     /// Starts `wxgate serve` with `config` (TOML; `{port}` and `{node_id}` are filled in).
     pub fn start(dir: &std::path::Path, node_id: &str, config: &str) -> GatewayProcess {
-        let port = free_port();
-        let cfg = dir.join(format!("{node_id}.toml"));
+        let mut p = GatewayProcess {
+            node_id: node_id.to_string(),
+            url: String::new(),
+            log: dir.join(format!("{node_id}.log")),
+            child: None,
+            config: config.to_string(),
+            config_file: dir.join(format!("{node_id}.toml")),
+        };
+        std::fs::File::create(&p.log).unwrap();
+        p.spawn_on(free_port());
+        p
+    }
+
+    /// Writes the configuration for `port` and spawns the process; its output is appended to
+    /// the log.
+    fn spawn_on(&mut self, port: u16) {
         std::fs::write(
-            &cfg,
-            config
+            &self.config_file,
+            self.config
                 .replace("{port}", &port.to_string())
-                .replace("{node_id}", node_id),
+                .replace("{node_id}", &self.node_id),
         )
         .unwrap();
-        let log = dir.join(format!("{node_id}.log"));
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .unwrap();
         let child = std::process::Command::new(binary())
             .args(["serve", "--config"])
-            .arg(&cfg)
+            .arg(&self.config_file)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("spawn wxgate serve");
-        GatewayProcess {
-            node_id: node_id.to_string(),
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-            child: Some(ChildGuard(child)),
+        self.url = format!("http://127.0.0.1:{port}");
+        self.child = Some(ChildGuard(child));
+    }
+
+    /// The port of [`GatewayProcess::url`].
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("url ends with the port")
+    }
+
+    /// Starts the process again (killing it first if it runs) on the same port with the same
+    /// configuration, as a supervisor restarts a crashed replica: callers find it at the same
+    /// address. Does not wait for it to be ready.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn_on(self.port());
+    }
+
+    /// Like [`GatewayProcess::restart`], on a fresh port ([`GatewayProcess::url`] changes): for
+    /// when the old port was taken meanwhile.
+    pub fn restart_on_new_port(&mut self) {
+        self.kill();
+        self.spawn_on(free_port());
+    }
+
+    /// True while the process runs (false once killed, or when it exited on its own, e.g.
+    /// because it could not bind its port).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.0.try_wait(), Ok(None)),
+            None => false,
         }
+    }
+
+    /// Waits until `/healthz` answers (the HTTP server is up; `/readyz` may still be 503).
+    /// False when the process exited or `within` passed.
+    pub async fn wait_listening(&mut self, within: Duration) -> bool {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if !self.is_running() {
+                return false;
+            }
+            if let Ok(r) = http.get(format!("{}/healthz", self.url)).send().await {
+                if r.status().is_success() {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Kills the process at once (SIGKILL): no graceful stop, no lease release.
@@ -475,4 +553,41 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wxgate-it-{name}-{}", unique_prefix()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The largest number of `times` (ms) within any interval of `window_ms` (half-open:
+/// `[t, t + window_ms)`), and where it starts.
+pub fn max_in_window(times: &[u64], window_ms: u64) -> (usize, u64) {
+    let mut t = times.to_vec();
+    t.sort_unstable();
+    let (mut best, mut at, mut lo) = (0, t.first().copied().unwrap_or(0), 0);
+    for hi in 0..t.len() {
+        while t[hi] - t[lo] >= window_ms {
+            lo += 1;
+        }
+        if hi + 1 - lo > best {
+            best = hi + 1 - lo;
+            at = t[lo];
+        }
+    }
+    (best, at)
+}
+
+/// Whether a call the fake recorded notified its user: a send WeChat accepted (errcode 0) that
+/// was not a de-duplicated replay of an earlier one (`client_msg_id`). A call processed and
+/// then dropped (`drop_after_processing`) did notify; one answered by an injected errcode or
+/// dropped unprocessed did not.
+pub fn notified(c: &CallRecord) -> bool {
+    c.errcode == 0 && !c.deduplicated
+}
+
+/// Notifications per recipient (`touser`) among `calls`.
+pub fn notifications_by_user(calls: &[CallRecord]) -> std::collections::HashMap<String, u32> {
+    let mut by_user = std::collections::HashMap::new();
+    for c in calls.iter().filter(|c| notified(c)) {
+        if let Some(u) = &c.touser {
+            *by_user.entry(u.clone()).or_insert(0) += 1;
+        }
+    }
+    by_user
 }

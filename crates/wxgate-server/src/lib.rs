@@ -25,5 +25,8 @@ mod routes;
 pub mod startup;
 mod validate;
 
+#[cfg(test)]
+mod proptests;
+
 pub use startup::{Application, BuildOptions};
 pub use wxgate_engine::check_templates_online;
