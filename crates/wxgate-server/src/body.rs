@@ -76,6 +76,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "the body must be a JSON object",
         ));
     }
+    // No body of this API holds an array, but serde accepts an array for a struct (by field
+    // order): `{"thing1": ["x"]}` would read as `{"thing1": {"value": "x"}}`. Refuse arrays,
+    // naming the field that holds one.
+    if has_array(bytes) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            if let Some(path) = first_array(&v, "") {
+                return Err(ApiError::invalid_request(
+                    Some(path.clone()),
+                    format!("invalid type: `{path}` is an array; this API takes no arrays"),
+                ));
+            }
+        }
+    }
     // Fast path: plain serde. Only a body that fails is decoded again with the path tracker,
     // to name the field at fault.
     if let Ok(v) = serde_json::from_slice::<T>(bytes) {
@@ -83,11 +96,31 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
+        // An unknown field with an empty name would leave the path blank at its end: say `""`
+        // (or `body` at the top level) instead.
+        let segments: Vec<_> = e.path().iter().collect();
+        let empty_key = matches!(
+            segments.last(),
+            Some(serde_path_to_error::Segment::Map { key }) if key.is_empty()
+        );
+        let path = match (empty_key, segments.len()) {
+            (true, 1) => "body".to_string(),
+            (true, _) => format!("{}\"\"", e.path()),
+            _ => e.path().to_string(),
+        };
         let inner = e.inner();
         let msg = inner.to_string();
         let field = match inner.classify() {
             serde_json::error::Category::Data => Some(field_of(&path, &msg)),
+            // Valid JSON in the wrong shape (an array where an object belongs) is reported by
+            // serde_json as a syntax error inside the field: name the field.
+            _ if path != "."
+                && !path.is_empty()
+                && !path.contains('?')
+                && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
+            {
+                Some(path.clone())
+            }
             _ => None,
         };
         let message = match inner.classify() {
@@ -107,6 +140,47 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Whether a `[` appears outside JSON strings.
+fn has_array(bytes: &[u8]) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'[' {
+            return true;
+        }
+    }
+    false
+}
+
+/// The path of the first array inside `v` (`data.thing1`), or `body` for a top-level one.
+fn first_array(v: &serde_json::Value, at: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Array(_) => Some(if at.is_empty() {
+            "body".into()
+        } else {
+            at.into()
+        }),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let path = match (at.is_empty(), k.is_empty()) {
+                (true, true) => "body".to_string(),
+                (true, false) => k.clone(),
+                (false, true) => format!("{at}.\"\""),
+                (false, false) => format!("{at}.{k}"),
+            };
+            first_array(v, &path)
+        }),
+        _ => None,
+    }
+}
+
 /// serde reports missing and duplicate fields at the path of the object that holds them; name
 /// the field itself (`data.thing1.value`, not `data.thing1`).
 fn field_of(path: &str, msg: &str) -> String {
@@ -117,7 +191,8 @@ fn field_of(path: &str, msg: &str) -> String {
             format!("{path}.{name}")
         }
     };
-    // serde_path_to_error already ends the path with an unknown field's name.
+    // serde_path_to_error already ends the path with an unknown field's name — unless that
+    // name is empty, which is shown quoted so the field is never blank.
     if msg.starts_with("unknown field `") {
         return path.to_string();
     }
