@@ -410,26 +410,27 @@ fn with_credentials(
 /// progress and cluster reconfiguration are `Unavailable` (callers fail closed, 503); anything
 /// else means a script or protocol bug.
 fn classify(e: &RedisError) -> StoreError {
-    let msg = e.to_string();
+    // Redis's own error codes (LOADING, MASTERDOWN, ...), not the text around them.
+    let failing_over = matches!(
+        e.code(),
+        Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
+    );
     if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_cluster_error()
-        || is_readonly(e)
-        || msg.contains("LOADING")
-        || msg.contains("MASTERDOWN")
-        || msg.contains("TRYAGAIN")
-        || msg.contains("CLUSTERDOWN")
+        || failing_over
     {
-        StoreError::Unavailable(msg)
+        StoreError::Unavailable(e.to_string())
     } else {
-        StoreError::Protocol(msg)
+        StoreError::Protocol(e.to_string())
     }
 }
 
+/// `READONLY`: we reached a replica (a demoted master); the command did not run.
 fn is_readonly(e: &RedisError) -> bool {
-    e.to_string().contains("READONLY")
+    e.code() == Some("READONLY")
 }
 
 /// The store's connection: one multiplexed connection per process, whatever the topology.
