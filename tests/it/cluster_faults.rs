@@ -493,13 +493,13 @@ async fn redis_lost_under_load(policy: &str) -> LossRun {
 
     // The window fills: a full window of sending, and refusals.
     let started = unix_ms();
-    wait_for("a full window", Duration::from_secs(8), || {
+    wait_until("a full window", Duration::from_secs(8), || {
         unix_ms() >= started + LOSS_W_MS + 300 && seen_since(429, started) > 0
     })
     .await;
     let killed_at = unix_ms();
     tokio::task::block_in_place(|| c.redis.stop());
-    wait_for("503s while Redis is down", Duration::from_secs(5), || {
+    wait_until("503s while Redis is down", Duration::from_secs(5), || {
         seen_since(503, killed_at) >= 3
     })
     .await;
@@ -558,15 +558,6 @@ async fn redis_lost_under_load(policy: &str) -> LossRun {
         before_kill,
         resumed_after_ms,
         statuses,
-    }
-}
-
-/// Polls `cond` every 20 ms; panics naming `what` after `within`.
-async fn wait_for(what: &str, within: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
