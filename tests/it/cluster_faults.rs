@@ -273,6 +273,7 @@ async fn cluster_replicas_killed_every_two_seconds_lose_no_message_and_notify_on
     let mut twice = Vec::new();
     let mut never = Vec::new();
     let mut unfinished: BTreeMap<String, u32> = BTreeMap::new();
+    let mut unfinished_notified = 0u32;
     let mut other = Vec::new();
     for (i, end) in ends.iter().enumerate() {
         let n = by_user.get(&user(i)).copied().unwrap_or(0);
@@ -295,14 +296,17 @@ async fn cluster_replicas_killed_every_two_seconds_lose_no_message_and_notify_on
                 }
             }
             End::Other(what) => other.push((user(i), what.clone())),
-            End::Unfinished(last) => *unfinished.entry(last.clone()).or_insert(0) += 1,
+            End::Unfinished(last) => {
+                *unfinished.entry(last.clone()).or_insert(0) += 1;
+                unfinished_notified += u32::from(n > 0);
+            }
         }
     }
     let subscribe_msgs = (0..MESSAGES).filter(|i| is_subscribe(*i)).count();
     println!(
         "kill test: {kills} kills in {kill_phase:?} ({moved} restarted on a new port), load ran {load:?}; \
          {MESSAGES} messages ({} template, {subscribe_msgs} subscribe): {sent} sent, {unknown} outcome_unknown \
-         (subscribe; notified 0: {unknown_notified0}, notified 1: {unknown_notified1}), {} unfinished by last answer {unfinished:?}, \
+         (subscribe; notified 0: {unknown_notified0}, notified 1: {unknown_notified1}), {} unfinished by last answer {unfinished:?} ({unfinished_notified} of them notified), \
          {} other; notified twice: {}, never notified (answered sent): {}; \
          largest {KILL_W_MS} ms window at the fake: template {tpl_max} (at {tpl_at}), subscribe {sub_max}, N = {KILL_N}; \
          fake calls: {} template ({} de-duplicated), {} subscribe; caller answers {:?}",
@@ -493,13 +497,13 @@ async fn redis_lost_under_load(policy: &str) -> LossRun {
 
     // The window fills: a full window of sending, and refusals.
     let started = unix_ms();
-    wait_for("a full window", Duration::from_secs(8), || {
+    wait_until("a full window", Duration::from_secs(8), || {
         unix_ms() >= started + LOSS_W_MS + 300 && seen_since(429, started) > 0
     })
     .await;
     let killed_at = unix_ms();
     tokio::task::block_in_place(|| c.redis.stop());
-    wait_for("503s while Redis is down", Duration::from_secs(5), || {
+    wait_until("503s while Redis is down", Duration::from_secs(5), || {
         seen_since(503, killed_at) >= 3
     })
     .await;
@@ -558,15 +562,6 @@ async fn redis_lost_under_load(policy: &str) -> LossRun {
         before_kill,
         resumed_after_ms,
         statuses,
-    }
-}
-
-/// Polls `cond` every 20 ms; panics naming `what` after `within`.
-async fn wait_for(what: &str, within: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

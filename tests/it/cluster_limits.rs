@@ -16,7 +16,7 @@ use crate::cluster_tokens::{cluster, Cluster};
 
 const TPL: &str = "/v1/apps/oa/messages/template";
 const N: u64 = 10;
-const W_MS: u64 = 2_000;
+const W_MS: u64 = 1_000;
 const GUARD_MS: u64 = 100;
 
 fn fake_with_window(per_window: u64) -> FakeConfig {
@@ -119,9 +119,9 @@ async fn cluster_app_limit_holds_at_five_times_the_rate() {
         240,
     )
     .await;
-    // 5 per second offered per... 5 × N / W = 25 sends per second, over all three replicas,
-    // for 3.5 windows.
-    let tally = offer(&c, 5 * N * 1000 / W_MS, Duration::from_millis(7_000), |i| {
+    // 5 × N / W = 50 sends per second, over all three replicas, for about 3.5 windows (window
+    // + guard).
+    let tally = offer(&c, 5 * N * 1000 / W_MS, Duration::from_millis(4_000), |i| {
         let mut b = template_body();
         b["touser"] = format!("o-load-{i}").into();
         b
@@ -155,11 +155,12 @@ async fn cluster_app_limit_holds_at_five_times_the_rate() {
 async fn cluster_per_recipient_limit_holds_across_replicas() {
     let c = cluster(
         fake_with_window(0),
-        &app_config("[apps.oa.limits]\nper_recipient = [{ limit = 3, window_ms = 2000 }]"),
+        &app_config("[apps.oa.limits]\nper_recipient = [{ limit = 3, window_ms = 1000 }]"),
         240,
     )
     .await;
-    let tally = offer(&c, 8, Duration::from_millis(6_500), |i| {
+    // 8 sends per second to each of two recipients whose limit is 3 per second.
+    let tally = offer(&c, 16, Duration::from_millis(4_000), |i| {
         let mut b = template_body();
         b["touser"] = if i % 2 == 0 {
             "o-hot-user"
@@ -179,9 +180,9 @@ async fn cluster_per_recipient_limit_holds_across_replicas() {
             .push(s);
     }
     for (user, arrivals) in &by_user {
-        let used = check_window(user, arrivals, 3, 2_000);
+        let used = check_window(user, arrivals, 3, 1_000);
         eprintln!(
-            "per recipient 3/2000 ms, {user}: {} arrivals, {:.0}% of capacity",
+            "per recipient 3/1000 ms, {user}: {} arrivals, {:.0}% of capacity",
             arrivals.len(),
             used * 100.0
         );

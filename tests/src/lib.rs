@@ -591,3 +591,15 @@ pub fn notifications_by_user(calls: &[CallRecord]) -> std::collections::HashMap<
     }
     by_user
 }
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
