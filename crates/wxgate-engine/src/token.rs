@@ -112,6 +112,9 @@ struct AppTokens {
     /// (token, the newest fetch of it that was rejected, when): instances fetched up to then
     /// are refused.
     rejected: Mutex<VecDeque<(Arc<str>, u64, Instant)>>,
+    /// The highest leadership fence this node has seen (from leases and stored tokens): a
+    /// store that lost its counter is never allowed to hand out one at or below it.
+    fence_seen: std::sync::atomic::AtomicU64,
 }
 
 impl AppTokens {
@@ -175,6 +178,7 @@ impl TokenManager {
                     backoff: std::sync::Mutex::new(None),
                     flight: tokio::sync::Mutex::new(()),
                     rejected: Mutex::new(VecDeque::new()),
+                    fence_seen: std::sync::atomic::AtomicU64::new(0),
                 };
                 (a.appid.clone(), slot)
             })
@@ -266,6 +270,9 @@ impl TokenManager {
     /// one still in the store (its invalidation raced a read or a write) is deleted again.
     async fn usable_stored(&self, app: &App, st: Option<StoredToken>) -> Option<Token> {
         let st = st?;
+        self.slot(&app.appid)
+            .fence_seen
+            .fetch_max(st.fence, std::sync::atomic::Ordering::Relaxed);
         if !self.usable(self.clock.now_ms(), st.fetched_at_ms, st.expires_at_ms) {
             return None;
         }
@@ -329,10 +336,21 @@ impl TokenManager {
 
     /// Takes or renews the app's lease; the fence while this node leads.
     async fn lead(&self, app: &App) -> Result<Option<u64>, StoreError> {
-        self.store
+        let seen = &self.slot(&app.appid).fence_seen;
+        let fence = self
+            .store
             .leases
-            .acquire_lease(&app.appid, &self.cfg.node_id, self.cfg.lease_ttl_ms)
-            .await
+            .acquire_lease(
+                &app.appid,
+                &self.cfg.node_id,
+                self.cfg.lease_ttl_ms,
+                seen.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .await?;
+        if let Some(f) = fence {
+            seen.fetch_max(f, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(fence)
     }
 
     async fn read_external(&self, app: &App) -> Result<Token, TokenError> {
@@ -417,6 +435,9 @@ impl TokenManager {
                 let stored = match self.store.tokens.write_token(&app.appid, &new).await? {
                     TokenWrite::Written(stored) => stored,
                     TokenWrite::StaleFence { stored_fence } => {
+                        self.slot(&app.appid)
+                            .fence_seen
+                            .fetch_max(stored_fence, std::sync::atomic::Ordering::Relaxed);
                         // This node lost the lease mid-refresh; the newer leader's token wins.
                         tracing::warn!(app = %app.name, fence, stored_fence, "token write refused: a newer leader holds the token");
                         let st = self.store.tokens.read_token(&app.appid).await?;

@@ -370,13 +370,15 @@ pub trait Limiter: Send + Sync {
 #[async_trait]
 pub trait Leases: Send + Sync {
     /// Takes the app's refresh leadership for `ttl_ms` if nobody holds it (incrementing the
-    /// fence), or extends it if `node` already holds it. Returns the fence while `node` leads,
-    /// `None` when another node does.
+    /// fence, and never to a value at or below `known_fence`, the highest the caller has seen:
+    /// a store that lost its counter must not reuse a fence), or extends it if `node` already
+    /// holds it. Returns the fence while `node` leads, `None` when another node does.
     async fn acquire_lease(
         &self,
         appid: &str,
         node: &str,
         ttl_ms: u64,
+        known_fence: u64,
     ) -> Result<Option<u64>, StoreError>;
 
     /// Extends the lease only if `node` still holds it.

@@ -325,6 +325,7 @@ impl Leases for MemoryStore {
         appid: &str,
         node: &str,
         ttl_ms: u64,
+        known_fence: u64,
     ) -> Result<Option<u64>, StoreError> {
         let now = self.clock.now_ms();
         let mut st = self.lock();
@@ -342,7 +343,7 @@ impl Leases for MemoryStore {
                 st.leases
                     .insert(appid.to_string(), (node.to_string(), now + ttl_ms));
                 let f = st.fences.entry(appid.to_string()).or_insert(0);
-                *f += 1;
+                *f = (*f + 1).max(known_fence + 1);
                 Ok(Some(*f))
             }
         }

@@ -238,12 +238,14 @@ impl Leases for RedisStore {
         appid: &str,
         node: &str,
         ttl_ms: u64,
+        known_fence: u64,
     ) -> Result<Option<u64>, StoreError> {
         let mut inv = self.scripts.lease_acquire.prepare_invoke();
         inv.key(self.keys.leader(appid))
             .key(self.keys.fence(appid))
             .arg(node)
-            .arg(ttl_ms);
+            .arg(ttl_ms)
+            .arg(known_fence);
         let fence: i64 = self.conn.run(&inv).await?;
         Ok(u64::try_from(fence).ok())
     }

@@ -109,7 +109,7 @@ async fn token_roundtrip(s: &dyn Store, app: &str) {
 
 async fn stale_fence_is_refused(s: &dyn Store, app: &str) {
     let f1 = s
-        .acquire_lease(app, "node-a", 10_000)
+        .acquire_lease(app, "node-a", 10_000, 0)
         .await
         .unwrap()
         .expect("a leads");
@@ -121,7 +121,7 @@ async fn stale_fence_is_refused(s: &dyn Store, app: &str) {
     ));
     assert!(s.release_lease(app, "node-a").await.unwrap());
     let f2 = s
-        .acquire_lease(app, "node-b", 10_000)
+        .acquire_lease(app, "node-b", 10_000, 0)
         .await
         .unwrap()
         .expect("b leads");
@@ -177,16 +177,16 @@ async fn invalidate_if_equal(s: &dyn Store, app: &str) {
 
 async fn lease(s: &dyn Store, app: &str) {
     let f = s
-        .acquire_lease(app, "a", 10_000)
+        .acquire_lease(app, "a", 10_000, 0)
         .await
         .unwrap()
         .expect("a leads");
     assert_eq!(
-        s.acquire_lease(app, "a", 10_000).await.unwrap(),
+        s.acquire_lease(app, "a", 10_000, 0).await.unwrap(),
         Some(f),
         "re-acquire keeps the fence"
     );
-    assert_eq!(s.acquire_lease(app, "b", 10_000).await.unwrap(), None);
+    assert_eq!(s.acquire_lease(app, "b", 10_000, 0).await.unwrap(), None);
     assert!(
         !s.renew_lease(app, "b", 10_000).await.unwrap(),
         "a non-holder cannot renew"
@@ -200,20 +200,31 @@ async fn lease(s: &dyn Store, app: &str) {
     assert!(s.release_lease(app, "a").await.unwrap());
     assert_eq!(s.lease_holder(app).await.unwrap(), None);
     assert_eq!(
-        s.acquire_lease(app, "b", 10_000).await.unwrap(),
+        s.acquire_lease(app, "b", 10_000, 0).await.unwrap(),
         Some(f + 1)
     );
 }
 
+/// A store that lost its fence counter never hands out a fence the caller has seen.
+async fn lease_fence_never_goes_back(s: &dyn Store, app: &str) {
+    let f = s.acquire_lease(app, "a", 10_000, 41).await.unwrap();
+    assert_eq!(f, Some(42), "above the highest fence seen");
+    s.release_lease(app, "a").await.unwrap();
+    assert_eq!(
+        s.acquire_lease(app, "b", 10_000, 0).await.unwrap(),
+        Some(43)
+    );
+}
+
 async fn lease_expires(s: &dyn Store, app: &str) {
-    let f = s.acquire_lease(app, "a", 150).await.unwrap().unwrap();
+    let f = s.acquire_lease(app, "a", 150, 0).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !s.renew_lease(app, "a", 10_000).await.unwrap(),
         "an expired lease cannot be renewed"
     );
     assert_eq!(
-        s.acquire_lease(app, "b", 10_000).await.unwrap(),
+        s.acquire_lease(app, "b", 10_000, 0).await.unwrap(),
         Some(f + 1)
     );
 }
@@ -589,6 +600,7 @@ async fn run_all(backend: &str, make: impl Fn() -> Arc<dyn Store>) {
         stale_fence_is_refused,
         invalidate_if_equal,
         lease,
+        lease_fence_never_goes_back,
         lease_expires,
         window_limit,
         window_frees_after_the_window,
@@ -682,7 +694,7 @@ async fn keys_are_readable_namespaced_and_expire() {
     let s = redis_store(Topology::Standalone { url: server.url() }, &p);
     let app = "wx0123456789abcdef";
     s.write_token(app, &new_token("t", 0, "n1")).await.unwrap();
-    s.acquire_lease(app, "n1", 10_000).await.unwrap();
+    s.acquire_lease(app, "n1", 10_000, 0).await.unwrap();
     acquire(
         &*s,
         app,
