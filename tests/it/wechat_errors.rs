@@ -109,14 +109,15 @@ async fn backoff_class_is_retried_with_the_same_client_msg_id() {
 
 #[tokio::test]
 async fn backoff_class_is_not_retried_for_subscribe_sends() {
-    // subscribe/send has no de-duplication: a -1 may have landed, so it is not resent.
+    // subscribe/send has no de-duplication: a -1 may have landed, so it is not resent, and the
+    // caller is told the outcome is unknown (not "retry": a repeat could notify twice).
     let gw = spawn().await;
     gw.fake_state()
         .add_fault(fault(paths::SUBSCRIBE_SEND, -1, 1));
     let r = gw
         .post("/v1/apps/mini/messages/subscribe", &mini_subscribe_body())
         .await;
-    check(&r, 503, "upstream_unavailable", true, Some(-1));
+    check(&r, 504, "upstream_outcome_unknown", false, Some(-1));
     assert_eq!(gw.calls_to(paths::SUBSCRIBE_SEND).len(), 1);
     gw.stop().await;
 }

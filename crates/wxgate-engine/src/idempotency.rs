@@ -208,6 +208,7 @@ impl Engine {
                     wxgate_protocol::time::utc_rfc3339(first)
                 ),
                 dedup_protected: false,
+                errcode: None,
             }),
         }
     }

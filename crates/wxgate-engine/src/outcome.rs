@@ -76,6 +76,9 @@ pub enum SendError {
         /// WeChat de-duplicates a repeat (a template send with its `client_msg_id`, within
         /// 10 minutes of the first attempt).
         dedup_protected: bool,
+        /// WeChat's answer when it said something that leaves the outcome open (`-1`).
+        #[serde(default)]
+        errcode: Option<i64>,
     },
     /// No usable access_token now (the token endpoint failed transiently, the leader has not
     /// stored one, the storm guard or a pause holds fetches); nothing was sent.
@@ -196,7 +199,9 @@ impl SendError {
             Self::Wechat { errcode, .. }
             | Self::Paused { errcode, .. }
             | Self::AppMisconfigured { errcode, .. } => Some(*errcode),
-            Self::TokenUnavailable { errcode, .. } => *errcode,
+            Self::TokenUnavailable { errcode, .. } | Self::OutcomeUnknown { errcode, .. } => {
+                *errcode
+            }
             _ => None,
         }
     }
@@ -300,6 +305,7 @@ mod tests {
         let e = SendError::OutcomeUnknown {
             detail: "timeout".into(),
             dedup_protected: false,
+            errcode: None,
         };
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<SendError>(&json).unwrap(), e);

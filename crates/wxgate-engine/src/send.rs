@@ -115,6 +115,18 @@ impl Engine {
                             continue;
                         }
                     }
+                    if class == ErrorClass::Backoff && !msg.dedup_protected() {
+                        // WeChat may have processed it, and nothing de-duplicates a repeat:
+                        // that is an unknown outcome, final (kept under the key, not retryable).
+                        return Err(SendError::OutcomeUnknown {
+                            detail: format!(
+                                "WeChat answered {} ({}) and may have processed the message",
+                                answer.errcode, answer.errmsg
+                            ),
+                            dedup_protected: false,
+                            errcode: Some(answer.errcode),
+                        });
+                    }
                     let now = self.clock.now_ms();
                     crate::permit::pause_api(&self.store, app, api, answer.errcode, class).await;
                     return Err(SendError::wechat(
@@ -145,6 +157,7 @@ impl Engine {
                         UpstreamError::OutcomeUnknown(detail) => SendError::OutcomeUnknown {
                             detail,
                             dedup_protected: msg.dedup_protected(),
+                            errcode: None,
                         },
                         UpstreamError::Setup(detail) => SendError::Internal {
                             detail: format!("the upstream client is misconfigured: {detail}"),
