@@ -339,7 +339,18 @@ pub fn check_data(data: &MessageData) -> Result<(), DataError> {
             return Err(fail("invalid field name".into()));
         }
         let value = value.value.as_str();
-        match field_type(key) {
+        let typed = field_type(key);
+        // Typed values are text WeChat shows on one line; legacy values may break lines.
+        if let Some(c) = value
+            .chars()
+            .find(|&c| is_hidden_control(c) && !(typed.is_none() && matches!(c, '\n' | '\r' | '\t')))
+        {
+            return Err(fail(format!(
+                "contains the control character U+{:04X}: control and text-direction characters are refused",
+                c as u32
+            )));
+        }
+        match typed {
             Some(ty) => check_value(ty, value).map_err(|e| fail(e.reason))?,
             None => {
                 if value.chars().count() > UNTYPED_MAX_CHARS {
@@ -349,6 +360,18 @@ pub fn check_data(data: &MessageData) -> Result<(), DataError> {
         }
     }
     Ok(())
+}
+
+/// Control characters (C0, DEL, C1) and the invisible text-direction controls (LRM, RLM, the
+/// embeddings, overrides and isolates U+202A..U+202E, U+2066..U+2069) that can make a message
+/// display differently from what was sent. WeChat's rules allow none of them in a value ("Chinese,
+/// digits, letters, symbols").
+pub fn is_hidden_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// Whether `c` is a Chinese character: CJK Unified Ideographs (U+4E00..=U+9FFF) or extension A
@@ -1001,5 +1024,29 @@ mod tests {
         let longer = "字".repeat(UNTYPED_MAX_CHARS + 1);
         let e = check_data(&data(&[("keyword1", &longer)])).unwrap_err();
         assert_eq!(e.reason, "longer than 200 characters");
+    }
+
+    #[test]
+    fn control_and_direction_characters_are_refused() {
+        let data = |k: &str, v: &str| -> MessageData {
+            [(
+                k.to_string(),
+                crate::wire::DataValue {
+                    value: v.into(),
+                    color: None,
+                },
+            )]
+            .into_iter()
+            .collect()
+        };
+        for bad in ["a\u{0}b", "abc\u{202E}", "x\u{7F}", "\u{2066}y", "a\nb"] {
+            let e = check_data(&data("thing1", bad)).unwrap_err();
+            assert!(e.reason.contains("control character"), "{bad:?}: {}", e.reason);
+        }
+        // A legacy (untyped) value may break lines, but not hide direction controls or NUL.
+        assert!(check_data(&data("first", "line 1\nline 2")).is_ok());
+        assert!(check_data(&data("first", "a\u{202E}b")).is_err());
+        assert!(check_data(&data("first", "a\u{0}b")).is_err());
+        assert!(check_data(&data("thing1", "配送中 A-1")).is_ok());
     }
 }

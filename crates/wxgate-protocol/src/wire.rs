@@ -60,6 +60,32 @@ pub struct DataValue {
 /// The `data` object of a message: field name to value.
 pub type MessageData = BTreeMap<String, DataValue>;
 
+/// Reads a `data` object, refusing a key that appears twice (a map would keep the last one
+/// silently, and the caller would never learn which value was sent).
+fn unique_data<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MessageData, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = MessageData;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of data fields")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MessageData, A::Error> {
+            let mut out = MessageData::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate field `{key}`"
+                    )));
+                }
+                let value = map.next_value::<DataValue>()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
+}
+
 /// A mini program to open from a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +105,7 @@ pub struct TemplateMessage {
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub miniprogram: Option<MiniProgramLink>,
+    #[serde(deserialize_with = "unique_data")]
     pub data: MessageData,
     /// WeChat's de-duplication key: one message per openid + client_msg_id for 10 minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +142,7 @@ pub struct SubscribeMessage {
     pub template_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<String>,
+    #[serde(deserialize_with = "unique_data")]
     pub data: MessageData,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub miniprogram_state: Option<MiniprogramState>,
@@ -132,6 +160,7 @@ pub struct BizsendMessage {
     pub page: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub miniprogram: Option<MiniProgramLink>,
+    #[serde(deserialize_with = "unique_data")]
     pub data: MessageData,
 }
 

@@ -262,6 +262,11 @@ mod tests {
             None,
             "not valid JSON",
         );
+        check(
+            r#"{"touser":"o","template_id":"t","data":{"thing2":{"value":"a"},"thing2":{"value":"b"}}}"#,
+            Some("data.thing2"),
+            "duplicate field",
+        );
         check("[]", Some("body"), "JSON object");
         check("42", Some("body"), "JSON object");
     }
