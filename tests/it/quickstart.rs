@@ -353,3 +353,29 @@ fields = {fields}
     );
     fake.stop().await;
 }
+
+/// The README's test command without cargo-nextest falls back to `cargo test` (forced here with
+/// `WXGATE_TEST_RUNNER=cargo`, the branch a machine without nextest takes), running one test.
+#[test]
+fn test_command_falls_back_to_cargo_test_without_nextest() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg("scripts/test.sh")
+        .arg("api::tests::names_round_trip")
+        .current_dir(&root)
+        .env("WXGATE_TEST_RUNNER", "cargo")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/test.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cargo-nextest not found"), "{text}");
+    assert!(
+        text.contains("test api::tests::names_round_trip ... ok"),
+        "{text}"
+    );
+}
