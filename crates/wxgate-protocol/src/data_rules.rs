@@ -341,10 +341,9 @@ pub fn check_data(data: &MessageData) -> Result<(), DataError> {
         let value = value.value.as_str();
         let typed = field_type(key);
         // Typed values are text WeChat shows on one line; legacy values may break lines.
-        if let Some(c) = value
-            .chars()
-            .find(|&c| is_hidden_control(c) && !(typed.is_none() && matches!(c, '\n' | '\r' | '\t')))
-        {
+        if let Some(c) = value.chars().find(|&c| {
+            is_hidden_control(c) && !(typed.is_none() && matches!(c, '\n' | '\r' | '\t'))
+        }) {
             return Err(fail(format!(
                 "contains the control character U+{:04X}: control and text-direction characters are refused",
                 c as u32
@@ -1041,7 +1040,11 @@ mod tests {
         };
         for bad in ["a\u{0}b", "abc\u{202E}", "x\u{7F}", "\u{2066}y", "a\nb"] {
             let e = check_data(&data("thing1", bad)).unwrap_err();
-            assert!(e.reason.contains("control character"), "{bad:?}: {}", e.reason);
+            assert!(
+                e.reason.contains("control character"),
+                "{bad:?}: {}",
+                e.reason
+            );
         }
         // A legacy (untyped) value may break lines, but not hide direction controls or NUL.
         assert!(check_data(&data("first", "line 1\nline 2")).is_ok());
