@@ -379,3 +379,57 @@ fn test_command_falls_back_to_cargo_test_without_nextest() {
         "{text}"
     );
 }
+
+/// Every `curl` example of the README's quick start and HTTP API sections, run as written
+/// (only the port changed) against `wxgate dev` — started through `WXGATE_SERVER__LISTEN`, which
+/// `dev` honours — answers 2xx JSON, never an error shape.
+#[tokio::test]
+async fn readme_examples_work_against_dev() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (_dev, _) = start(
+        &["dev"],
+        &[("WXGATE_SERVER__LISTEN", listen.as_str())],
+        "Stop with Ctrl-C",
+    );
+    wait_ready(&format!("http://{listen}")).await;
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .expect("README.md");
+    let mut examples = Vec::new();
+    let mut block: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut block, line.trim_start()) {
+            (None, "```sh") => block = Some(String::new()),
+            (Some(b), "```") => {
+                if b.trim_start().starts_with("curl ") && b.contains("127.0.0.1:8080/v1/") {
+                    examples.push(b.replace("127.0.0.1:8080", &listen));
+                }
+                block = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(examples.len() >= 5, "README curl examples: {examples:#?}");
+    for example in &examples {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{example}\n"))
+            .output()
+            .expect("run the example");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{example}\n-> {stdout}");
+        let body: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{example}\n-> not JSON ({e}): {stdout}"));
+        assert!(body.get("code").is_none(), "{example}\n-> an error: {body}");
+        assert!(
+            body.get("status").is_some() || body.get("access_token").is_some(),
+            "{example}\n-> {body}"
+        );
+    }
+}

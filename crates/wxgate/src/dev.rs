@@ -33,6 +33,7 @@ secret = "{mp_secret}"
 [api_keys.dev]
 key = "{DEV_API_KEY}"
 apps = ["*"]
+scopes = ["send", "token"]
 "#,
         oa = demo::OA_APPID,
         oa_secret = demo::OA_SECRET,
@@ -56,7 +57,16 @@ pub async fn run(listen: SocketAddr, fake_listen: SocketAddr) -> Result<(), Stri
             ..Default::default()
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| match e {
+        wxgate_server::startup::BuildError::Bind { addr, source }
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            format!(
+                "cannot listen on {addr}: another process uses it; choose another address with `wxgate dev --listen 127.0.0.1:8081` (or WXGATE_SERVER__LISTEN)"
+            )
+        }
+        e => e.to_string(),
+    })?;
     let base = format!("http://{}", app.local_addr());
     println!("{}", banner(&base, &fake.base_url()));
     let result = app.run_until_stopped().await.map_err(|e| e.to_string());
@@ -82,6 +92,10 @@ curl -sS {base}/v1/apps/demo-mini/messages/subscribe \
   -H 'Authorization: Bearer {DEV_API_KEY}' \
   -H 'Content-Type: application/json' \
   -d '{{"touser":"{user}","template_id":"{mp_tpl}","data":{{"thing1":{{"value":"Dental check-up"}},"time2":{{"value":"2026-11-28 09:00"}},"phrase3":{{"value":"已预约"}}}}}}'
+
+The cluster's access_token (the central token API; the dev key has the `token` scope):
+
+curl -sS {base}/v1/apps/demo/access_token -H 'Authorization: Bearer {DEV_API_KEY}'
 
 What reached the fake WeChat: curl -sS {fake}/_fake/calls
 Stop with Ctrl-C.

@@ -48,7 +48,7 @@ enum Command {
     /// Run the gateway with in-memory state and an embedded fake WeChat (no account needed).
     Dev {
         /// Address of the gateway.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", env = "WXGATE_SERVER__LISTEN")]
         listen: SocketAddr,
         /// Address of the embedded fake WeChat (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -75,7 +75,11 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WXGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal, never in a file or a log pipeline.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder
             .json()
