@@ -162,3 +162,43 @@ async fn local_share_policy_keeps_sending_without_redis() {
     assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 2);
     gw.stop().await;
 }
+
+/// `on_unavailable = "local_share"`: an unreachable Redis does not make the node unready (nor
+/// every replica at once), even once its cached token is due for a re-read: the token counts,
+/// and is used, until its expiry margin.
+#[tokio::test]
+async fn local_share_keeps_the_node_ready_without_redis_with_a_due_token() {
+    require_redis();
+    let mut redis = RedisServer::start();
+    let store = redis_store_toml(
+        &redis.url(),
+        &unique_prefix(),
+        "on_unavailable = \"local_share\"\nexpected_replicas = 3",
+    );
+    let gw = spawn_with(Options {
+        extra_toml: store,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(gw.post(TPL, &template_body()).await.status, 200);
+    redis.stop();
+    let ready = gw
+        .request(reqwest::Method::GET, "/readyz", None, None, "")
+        .await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    // 7200 s tokens refreshed 300 s ahead: due after 6900 s, usable until 7200 s - margin.
+    gw.clock.advance_ms(7_000_000);
+    let ready = gw
+        .request(reqwest::Method::GET, "/readyz", None, None, "")
+        .await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    let r = gw.post(TPL, &template_body()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Past the token's expiry margin it no longer counts.
+    gw.clock.advance_ms(195_000);
+    let ready = gw
+        .request(reqwest::Method::GET, "/readyz", None, None, "")
+        .await;
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    gw.stop().await;
+}

@@ -9,6 +9,8 @@
 //!   expires (`lease_ttl`) and another node's refresher takes over.
 //! - **Followers** read the token from the store and cache it until it is due; a due token is
 //!   re-read every second (the leader is refreshing it), so a new token reaches every node fast.
+//!   While the store cannot be read, a cached token is used (and counts for `/readyz`) until
+//!   its expiry margin, due or not.
 //! - **Bad tokens.** `report_bad` invalidates exactly the rejected token (compare-and-delete in
 //!   the store and the cache). A node that then needs a token and finds none becomes leader if
 //!   nobody is (and fetches), or waits for the leader to store one (`wait_for_token`): one fetch
@@ -217,6 +219,22 @@ impl TokenManager {
         })
     }
 
+    /// The cached token even when it is due for a re-read, if still usable: what this node uses
+    /// while the store cannot be read (`on_unavailable = "local_share"`), rather than failing
+    /// with a valid token in hand.
+    fn cached_while_store_unreachable(&self, appid: &str) -> Option<Token> {
+        let now = self.clock.now_ms();
+        let guard = self
+            .slot(appid)
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().and_then(|c| {
+            self.usable(now, c.token.fetched_at_ms, c.token.expires_at_ms)
+                .then(|| c.token.clone())
+        })
+    }
+
     /// Whether a token fetched at `fetched_at_ms` and expiring at `expires_at_ms` may still be
     /// sent at `now`: not within the expiry margin, which is at most a tenth of its life.
     fn usable(&self, now: u64, fetched_at_ms: u64, expires_at_ms: u64) -> bool {
@@ -304,7 +322,14 @@ impl TokenManager {
         }
         let deadline = tokio::time::Instant::now() + self.cfg.wait_for_token;
         loop {
-            let stored = self.store.tokens.read_token(&app.appid).await?;
+            let stored = match self.store.tokens.read_token(&app.appid).await {
+                Ok(s) => s,
+                Err(e) => {
+                    return self
+                        .cached_while_store_unreachable(&app.appid)
+                        .ok_or(TokenError::Store(e))
+                }
+            };
             if let Some(t) = self.usable_stored(app, stored).await {
                 // Valid: use it, even if due — the leader's refresher is renewing it, and a
                 // caller never waits for a refresh while a valid token exists.
@@ -580,8 +605,16 @@ impl TokenManager {
         }
         let now = self.clock.now_ms();
         let slot = self.slot(&app.appid);
-        matches!(self.store.tokens.read_token(&app.appid).await,
-            Ok(Some(t)) if self.usable(now, t.fetched_at_ms, t.expires_at_ms) && !slot.is_rejected(&t.access_token, t.fetched_at_ms))
+        match self.store.tokens.read_token(&app.appid).await {
+            Ok(Some(t)) => {
+                self.usable(now, t.fetched_at_ms, t.expires_at_ms)
+                    && !slot.is_rejected(&t.access_token, t.fetched_at_ms)
+            }
+            Ok(None) => false,
+            // The store is unreachable (readiness only gets here when the limiter admits
+            // without it): the cached token still counts until its expiry margin.
+            Err(_) => self.cached_while_store_unreachable(&app.appid).is_some(),
+        }
     }
 
     /// One refresher step for `app`: renew or take the lease; as leader, refresh the token if
