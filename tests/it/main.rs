@@ -1,8 +1,10 @@
 //! wxgate's end-to-end tests: one binary, one module per capability.
 
+mod cluster_drain;
 mod cluster_faults;
 mod cluster_limits;
 mod cluster_tokens;
+mod drain;
 mod limits;
 mod malformed;
 mod quickstart;

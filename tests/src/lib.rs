@@ -4,7 +4,8 @@
 //!   port, and returns a [`TestGateway`] with a reqwest client. Every test gets its own pair, so
 //!   tests run in parallel without sharing anything.
 //! - [`binary`] finds the `wxgate` executable for cross-process tests (build it first:
-//!   `cargo build -p wxgate`), and [`ChildGuard`] kills a spawned process on drop.
+//!   `cargo build -p wxgate`), and [`ChildGuard`] kills a spawned process on drop (or sends it
+//!   SIGTERM for a graceful drain: [`ChildGuard::terminate`]).
 //!
 //! Proofs look at what *arrived at the fake WeChat* ([`TestGateway::calls`]), never at the
 //! gateway's own view.
@@ -124,6 +125,8 @@ pub struct TestGateway {
     pub http: reqwest::Client,
     /// The gateway's clock (token freshness); the fake's clock is moved through `fake`.
     pub clock: Arc<ManualClock>,
+    /// Starts the gateway's graceful drain, as SIGTERM does for a process.
+    pub drain: wxgate_server::DrainHandle,
     handle: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -210,6 +213,7 @@ pub async fn spawn_with_edit(opts: Options, edit: impl FnOnce(String) -> String)
     .expect("build gateway");
     let url = format!("http://{}", app.local_addr());
     let handle = app.handle();
+    let drain = app.drain_handle();
     let task = tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -220,6 +224,7 @@ pub async fn spawn_with_edit(opts: Options, edit: impl FnOnce(String) -> String)
         fake,
         http,
         clock,
+        drain,
         handle,
         task,
     }
@@ -315,6 +320,18 @@ impl TestGateway {
         let _ = self.task.await;
         self.fake.stop().await;
     }
+
+    /// Waits until the gateway stopped on its own (after [`TestGateway::drain`]), then stops
+    /// the fake; false when it still runs after `within`.
+    pub async fn wait_stopped(mut self, within: Duration) -> bool {
+        let done = tokio::time::timeout(within, &mut self.task).await.is_ok();
+        if !done {
+            self.handle.stop(false).await;
+            let _ = self.task.await;
+        }
+        self.fake.stop().await;
+        done
+    }
 }
 
 /// `[store]` TOML for a standalone Redis at `url` with a fresh key prefix.
@@ -392,6 +409,17 @@ pub fn binary() -> PathBuf {
 
 /// Kills the child process when dropped, so a failing test leaves nothing running.
 pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Sends SIGTERM (through `kill -TERM`): a `wxgate serve` starts its graceful drain.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.0.id());
+    }
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -521,6 +549,26 @@ impl GatewayProcess {
     /// Kills the process at once (SIGKILL): no graceful stop, no lease release.
     pub fn kill(&mut self) {
         self.child.take();
+    }
+
+    /// Sends SIGTERM: the process drains and exits on its own (see [`GatewayProcess::wait_exit`]).
+    pub fn terminate(&self) {
+        self.child.as_ref().expect("the process runs").terminate();
+    }
+
+    /// Waits until the process exited; its status, or None when it still runs after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub fn logs(&self) -> String {

@@ -59,7 +59,11 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// This node's id (defaults to a random one at start-up).
     pub node_id: Option<String>,
+    /// Once the server stops accepting, in-flight requests get this long to finish.
     pub shutdown_timeout: Duration,
+    /// On SIGTERM, how long the node keeps serving (with `/readyz` failing, `draining`) before it
+    /// stops accepting, so load balancers take it out of rotation first.
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ struct RawServer {
     max_body_bytes: usize,
     node_id: Option<String>,
     shutdown_timeout_secs: u64,
+    drain_delay_secs: u64,
 }
 
 impl Default for RawServer {
@@ -50,6 +51,7 @@ impl Default for RawServer {
             max_body_bytes: 64 * 1024,
             node_id: None,
             shutdown_timeout_secs: 10,
+            drain_delay_secs: 5,
         }
     }
 }
@@ -429,6 +431,12 @@ impl RawSettings {
                 "must be between 1024 and 16777216",
             ));
         }
+        if self.server.drain_delay_secs > 300 {
+            return Err(ConfigError::at(
+                "server.drain_delay_secs",
+                "must be at most 300",
+            ));
+        }
         if let Some(id) = &self.server.node_id {
             if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace()) {
                 return Err(ConfigError::at(
@@ -698,6 +706,7 @@ impl RawSettings {
                 max_body_bytes: self.server.max_body_bytes,
                 node_id: self.server.node_id,
                 shutdown_timeout: Duration::from_secs(self.server.shutdown_timeout_secs),
+                drain_delay: Duration::from_secs(self.server.drain_delay_secs),
             },
             upstream: UpstreamSettings {
                 base_url: base.to_string(),

@@ -31,6 +31,8 @@ fn minimal_config_with_defaults() {
     assert_eq!(s.upstream.connect_timeout, Duration::from_secs(3));
     assert_eq!(s.upstream.request_timeout, Duration::from_secs(5));
     assert_eq!(s.token.refresh_ahead, Duration::from_secs(240));
+    assert_eq!(s.server.shutdown_timeout, Duration::from_secs(10));
+    assert_eq!(s.server.drain_delay, Duration::from_secs(5));
     let app = &s.apps["shop"];
     assert_eq!(app.token_mode, TokenMode::Stable);
     assert_eq!(app.secret_source, "inline");
@@ -114,6 +116,16 @@ fn precise_errors() {
         &format!("{MINIMAL}\n[store]\nkind = \"etcd\""),
         "store.kind",
     );
+    check_err(
+        &format!("{MINIMAL}\n[server]\ndrain_delay_secs = 301"),
+        "server.drain_delay_secs: must be at most 300",
+    );
+}
+
+#[test]
+fn drain_delay_may_be_zero() {
+    let s = Settings::from_toml_str(&format!("{MINIMAL}\n[server]\ndrain_delay_secs = 0")).unwrap();
+    assert_eq!(s.server.drain_delay, Duration::ZERO);
 }
 
 #[test]

@@ -353,6 +353,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Releases the token-refresh leases this node holds (the refresher does it when it
+    /// stops), so another node's refresher takes them at its next tick.
+    pub async fn release_leases(&self) {
+        self.tokens.release_leases().await;
+    }
+
     /// Runs the background work until `shutdown` turns true: every app's token refresher
     /// (released leases at the end, so another node takes over at once) and the registry check.
     pub fn spawn_background(

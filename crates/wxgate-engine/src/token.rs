@@ -10,7 +10,7 @@
 //! - **Followers** read the token from the store and cache it until it is due; a due token is
 //!   re-read every second (the leader is refreshing it), so a new token reaches every node fast.
 //!   While the store cannot be read, a cached token is used (and counts for `/readyz`) until
-//!   its expiry margin, due or not.
+//!   its expiry margin, due or not. A stopping node releases its leases (`release_leases`).
 //! - **Bad tokens.** `report_bad` invalidates exactly the rejected token (compare-and-delete in
 //!   the store and the cache). A node that then needs a token and finds none becomes leader if
 //!   nobody is (and fetches), or waits for the leader to store one (`wait_for_token`): one fetch
@@ -688,6 +688,11 @@ impl TokenManager {
                 self.tick(&slot.app).await;
             }
         }
+        self.release_leases().await;
+    }
+
+    /// Releases every lease this node holds (a no-op for the others).
+    pub async fn release_leases(&self) {
         for slot in self.apps.values() {
             if let Ok(true) = self
                 .store

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`startup`]: [`startup::Application`] binds the listener, wires the dependencies once and
 //!   runs the server until stopped. Tests and the binary share this exact path.
+//! - [`drain`]: the graceful drain on SIGTERM (`/readyz` fails, serve on for the drain delay,
+//!   hand off the token leases, stop accepting, let in-flight requests finish).
 //! - `routes`: the handlers (`/v1/apps/{app}/messages/*`, `/healthz`, `/readyz`).
 //! - `request_id`: the middleware that gives every request an `X-Request-Id` and a log span.
 //! - `auth`: bearer API keys and the apps each may use.
@@ -19,6 +21,7 @@
 
 mod auth;
 mod body;
+pub mod drain;
 pub mod error;
 mod request_id;
 mod routes;
@@ -28,5 +31,6 @@ mod validate;
 #[cfg(test)]
 mod proptests;
 
+pub use drain::DrainHandle;
 pub use startup::{Application, BuildOptions};
 pub use wxgate_engine::check_templates_online;

@@ -235,9 +235,15 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when the engine is (store, required tokens, template registry).
+/// Ready when the engine is (store, required tokens, template registry) and the node is not
+/// draining (then at once 503, without asking the engine).
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    match state.engine.readiness().await {
+    let readiness = if state.drain.is_draining() {
+        Err("draining: this node is shutting down; send to another replica".to_string())
+    } else {
+        state.engine.readiness().await
+    };
+    match readiness {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({
             "status": "ready",
             "store": state.engine.backend(),

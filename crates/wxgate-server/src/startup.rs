@@ -1,9 +1,12 @@
 //! Building and running the server. [`Application::build`] binds the listener (port 0 works, for
 //! tests), builds every dependency once (store, upstream client, token manager) and hands them
 //! to each actix worker through `web::Data`. The binary and the tests share this path.
+//! [`Application::run_until_stopped`] serves until a signal (or a [`DrainHandle`]) starts the
+//! graceful drain (see [`crate::drain`]), or until stopped through [`Application::handle`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App as ActixApp, HttpServer};
@@ -16,12 +19,15 @@ use wxgate_store::memory::MemoryStore;
 use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
 use wxgate_store::{SharedState, Store};
 
+use crate::drain::{self, DrainHandle, Signals};
 use crate::request_id;
 use crate::routes;
 
 /// Everything a handler needs, built once per process.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Set once the drain starts: `/readyz` fails, responses close their connections.
+    pub drain: DrainHandle,
 }
 
 /// Optional overrides of what `build` would otherwise create from the settings.
@@ -33,7 +39,8 @@ pub struct BuildOptions {
     pub store: Option<Arc<dyn Store>>,
     /// The clock for per-node decisions (token freshness); tests move it by hand.
     pub clock: Option<Arc<dyn Clock>>,
-    /// Let actix handle SIGINT/SIGTERM (graceful stop). Off for in-process tests.
+    /// SIGTERM/SIGINT start the graceful drain (see [`crate::drain`]). Off for in-process
+    /// tests, which can start the same drain with [`Application::drain_handle`].
     pub handle_signals: bool,
 }
 
@@ -55,6 +62,11 @@ pub struct Application {
     node_id: String,
     shutdown: tokio::sync::watch::Sender<bool>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    engine: Arc<Engine>,
+    drain: DrainHandle,
+    signals: Option<Signals>,
+    drain_delay: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -83,7 +95,17 @@ impl Application {
             )
         });
         let workers = settings.server.workers;
-        let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
+        let shutdown_timeout = settings.server.shutdown_timeout;
+        let drain_delay = settings.server.drain_delay;
+        // Registered before anything runs: a signal from now on starts the drain.
+        let signals = if opts.handle_signals {
+            Some(
+                Signals::register()
+                    .map_err(|e| BuildError::Setup(format!("cannot handle SIGTERM/SIGINT: {e}")))?,
+            )
+        } else {
+            None
+        };
         let engine = Arc::new(
             Engine::new(
                 Arc::new(settings),
@@ -98,11 +120,16 @@ impl Application {
         // releases the leases) when the server stops.
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let background = engine.spawn_background(shutdown_rx);
-        let state = web::Data::new(AppState { engine });
+        let drain = DrainHandle::default();
+        let state = web::Data::new(AppState {
+            engine: engine.clone(),
+            drain: drain.clone(),
+        });
 
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             ActixApp::new()
                 .app_data(state.clone())
+                .wrap(middleware::from_fn(drain::middleware))
                 .wrap(middleware::from_fn(request_id::middleware))
                 .service(
                     web::resource("/v1/apps/{app}/messages/template")
@@ -130,10 +157,9 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
-        .shutdown_timeout(shutdown_timeout);
-        if !opts.handle_signals {
-            server = server.disable_signals();
-        }
+        .shutdown_timeout(shutdown_timeout.as_secs())
+        // The drain handles the signals (actix would stop accepting at once).
+        .disable_signals();
         let server = server
             .listen(listener)
             .map_err(|source| BuildError::Bind {
@@ -147,6 +173,11 @@ impl Application {
             node_id,
             shutdown,
             background,
+            engine,
+            drain,
+            signals,
+            drain_delay,
+            shutdown_timeout,
         })
     }
 
@@ -162,18 +193,75 @@ impl Application {
         &self.node_id
     }
 
-    /// A handle to stop the server (`handle.stop(true)` drains in-flight requests).
+    /// A handle to stop the server at once (`handle.stop(true)` lets in-flight requests
+    /// finish; no drain delay).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
-    /// Serves until stopped (signal or handle), then stops the token refresher, which
-    /// releases this node's leases, and waits for it.
+    /// A handle to start the graceful drain, as SIGTERM does.
+    pub fn drain_handle(&self) -> DrainHandle {
+        self.drain.clone()
+    }
+
+    /// Serves until the drain (a signal or [`Application::drain_handle`]) or a stop through
+    /// [`Application::handle`]; then stops the token refresher, which releases this node's
+    /// leases, and waits for it. See [`crate::drain`] for the phases.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        let _ = self.shutdown.send(true);
-        for task in self.background {
+        let Self {
+            server,
+            node_id,
+            shutdown,
+            background,
+            engine,
+            drain,
+            mut signals,
+            drain_delay,
+            shutdown_timeout,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = std::pin::pin!(server);
+        let result = 'run: {
+            let why = tokio::select! {
+                r = &mut server => break 'run r,
+                s = drain::next_signal(&mut signals) => s,
+                () = drain.requested() => "drain requested",
+            };
+            drain.mark_draining();
+            tracing::info!(
+                node_id = %node_id,
+                signal = why,
+                drain_delay_ms = drain_delay.as_millis() as u64,
+                "draining: /readyz answers 503, still serving until the drain delay ends"
+            );
+            tokio::select! {
+                r = &mut server => break 'run r,
+                () = tokio::time::sleep(drain_delay) => {}
+                s = drain::next_signal(&mut signals) => {
+                    tracing::info!(signal = s, "second signal: skipping the rest of the drain delay");
+                }
+                () = drain.requested() => {
+                    tracing::info!("drain requested again: skipping the rest of the drain delay");
+                }
+            }
+            tracing::info!(
+                shutdown_timeout_ms = shutdown_timeout.as_millis() as u64,
+                "stopping: handing off token-refresh leadership, no longer accepting; in-flight requests may finish"
+            );
+            // The refresher releases the leases while the listener closes.
+            let _ = shutdown.send(true);
+            let (r, ()) = tokio::join!(&mut server, handle.stop(true));
+            r
+        };
+        let _ = shutdown.send(true);
+        for task in background {
             let _ = task.await;
+        }
+        // An in-flight request that found no token may have taken a lease back meanwhile.
+        engine.release_leases().await;
+        if drain.is_draining() {
+            tracing::info!(node_id = %node_id, "stopped: every in-flight request answered or timed out");
         }
         result
     }

@@ -16,6 +16,8 @@ pub fn dev_settings(listen: SocketAddr, fake_url: &str) -> Result<Settings, Stri
 [server]
 listen = "{listen}"
 workers = 1
+# One node, no load balancer to leave: Ctrl-C stops at once (in-flight requests still finish).
+drain_delay_secs = 0
 
 [upstream]
 base_url = "{fake_url}"
