@@ -122,7 +122,7 @@ def assert_default(render):
             check(label in labels, f"{d['kind']} {d['metadata']['name']} lacks {label}")
     text = one(documents, "ConfigMap")["data"]["wxgate.toml"]
     cfg = tomllib.loads(text)
-    check("drain_delay_secs" not in cfg["server"], "drain_delay_secs rendered while null")
+    check(cfg["server"].get("drain_delay_secs") == 5, "drain_delay_secs is not 5")
     check(cfg["store"]["expected_replicas"] == 7, "expected_replicas != maxReplicas 6 + surge 1")
     check(cfg["store"]["kind"] == "redis", "store is not redis")
     if problems:
