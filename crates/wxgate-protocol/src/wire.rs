@@ -69,7 +69,10 @@ fn unique_data<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MessageData, D:
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("an object of data fields")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MessageData, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<MessageData, A::Error> {
             let mut out = MessageData::new();
             while let Some(key) = map.next_key::<String>()? {
                 if out.contains_key(&key) {
