@@ -5,6 +5,7 @@ mod cluster_faults;
 mod cluster_limits;
 mod cluster_tokens;
 mod drain;
+mod hardening;
 mod limits;
 mod malformed;
 mod quickstart;

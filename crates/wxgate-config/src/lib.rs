@@ -26,14 +26,37 @@ pub use raw::{AppKind, OnUnavailable, RedisMode, Scope, StoreKind, TokenMode};
 use secrecy::SecretString;
 pub use sending::OnStateLoss;
 
-/// A configuration that cannot be used, with the field at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+/// A configuration that cannot be used: every problem found, each with the field at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigError(Vec<String>);
 
 impl ConfigError {
     fn at(field: impl std::fmt::Display, msg: impl std::fmt::Display) -> Self {
-        Self(format!("{field}: {msg}"))
+        Self(vec![format!("{field}: {msg}")])
+    }
+
+    fn one(msg: String) -> Self {
+        Self(vec![msg])
+    }
+
+    fn many(all: Vec<ConfigError>) -> Self {
+        Self(all.into_iter().flat_map(|e| e.0).collect())
+    }
+
+    /// Each problem, `field: what is wrong`.
+    pub fn problems(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The same problems with `prefix.` before each field.
+    fn under(self, prefix: &str) -> Self {
+        Self(
+            self.0
+                .into_iter()
+                .map(|p| format!("{prefix}.{p}"))
+                .collect(),
+        )
     }
 }
 
@@ -64,6 +87,12 @@ pub struct ServerSettings {
     /// On SIGTERM, how long the node keeps serving (with `/readyz` failing, `draining`) before it
     /// stops accepting, so load balancers take it out of rotation first.
     pub drain_delay: Duration,
+    /// Longest time to read a whole request (headers and body); past it, 408.
+    pub request_timeout: Duration,
+    /// Most connections the node keeps open at once (split across its workers).
+    pub max_connections: usize,
+    /// Start even with no app or no API key (otherwise `serve` refuses).
+    pub allow_empty_config: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -167,12 +196,28 @@ pub struct ApiKey {
 }
 
 impl Settings {
+    /// What a serving node lacks to be of any use: no app, or no API key to call it with.
+    /// Empty unless `server.allow_empty_config` says to start anyway.
+    pub fn missing_for_serving(&self) -> Vec<&'static str> {
+        if self.server.allow_empty_config {
+            return Vec::new();
+        }
+        let mut missing = Vec::new();
+        if self.apps.is_empty() {
+            missing.push("apps (no [apps.<name>] table: every send would be refused)");
+        }
+        if self.api_keys.is_empty() {
+            missing.push("api_keys (no [api_keys.<name>] table: every caller would get 401)");
+        }
+        missing
+    }
+
     /// Loads `path` (if given) and the `WXGATE_*` environment, then validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut fig = Figment::new();
         if let Some(path) = path {
             if !path.exists() {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::one(format!(
                     "config file {} does not exist",
                     path.display()
                 )));
@@ -188,7 +233,9 @@ impl Settings {
     }
 
     fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
-        let raw: raw::RawSettings = fig.extract().map_err(|e| ConfigError(figment_message(e)))?;
+        let raw: raw::RawSettings = fig
+            .extract()
+            .map_err(|e| ConfigError::one(figment_message(e)))?;
         raw.validate()
     }
 }

@@ -40,6 +40,12 @@ struct RawServer {
     node_id: Option<String>,
     shutdown_timeout_secs: u64,
     drain_delay_secs: u64,
+    /// Time to read a whole request (headers and body).
+    request_timeout_ms: u64,
+    /// Connections kept open at once, across the node's workers.
+    max_connections: usize,
+    /// Start even with no app or no API key configured.
+    allow_empty_config: bool,
 }
 
 impl Default for RawServer {
@@ -52,6 +58,9 @@ impl Default for RawServer {
             node_id: None,
             shutdown_timeout_secs: 10,
             drain_delay_secs: 5,
+            request_timeout_ms: 10_000,
+            max_connections: 10_000,
+            allow_empty_config: false,
         }
     }
 }
@@ -225,14 +234,14 @@ impl RawRedis {
             self.password_env,
             self.password_file,
         )
-        .map_err(|e| ConfigError(format!("store.redis.{}", e.0)))?;
+        .map_err(|e| e.under("store.redis"))?;
         let sentinel_password = resolve_optional_secret(
             "sentinel_password",
             self.sentinel_password,
             self.sentinel_password_env,
             self.sentinel_password_file,
         )
-        .map_err(|e| ConfigError(format!("store.redis.{}", e.0)))?;
+        .map_err(|e| e.under("store.redis"))?;
         for (f, v) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("command_timeout_ms", self.command_timeout_ms),
@@ -412,141 +421,167 @@ fn valid_appid(s: &str) -> bool {
 }
 
 impl RawSettings {
+    /// Validates everything and reports every problem found: each section, app and API key is
+    /// checked on its own (within one of them, the first problem).
     pub(crate) fn validate(self) -> Result<Settings, ConfigError> {
+        let mut problems: Vec<ConfigError> = Vec::new();
         let listen = self.server.listen.parse().map_err(|_| {
             ConfigError::at(
                 "server.listen",
                 format!("`{}` is not an IP:port", self.server.listen),
             )
-        })?;
-        if self.server.workers == 0 || self.server.workers > 256 {
-            return Err(ConfigError::at(
-                "server.workers",
-                "must be between 1 and 256",
-            ));
-        }
-        if !(1024..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
-            return Err(ConfigError::at(
-                "server.max_body_bytes",
-                "must be between 1024 and 16777216",
-            ));
-        }
-        if self.server.drain_delay_secs > 300 {
-            return Err(ConfigError::at(
-                "server.drain_delay_secs",
-                "must be at most 300",
-            ));
-        }
-        if let Some(id) = &self.server.node_id {
-            if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace()) {
+        });
+        let server_ok = (|| -> Result<(), ConfigError> {
+            if self.server.workers == 0 || self.server.workers > 256 {
                 return Err(ConfigError::at(
-                    "server.node_id",
-                    "1 to 128 characters, no spaces",
+                    "server.workers",
+                    "must be between 1 and 256",
                 ));
             }
-        }
-        let base = self.upstream.base_url.trim_end_matches('/');
-        if !(base.starts_with("https://") || base.starts_with("http://"))
-            || base.contains(['?', '#'])
-        {
-            return Err(ConfigError::at(
-                "upstream.base_url",
-                format!(
-                    "`{}` is not an http(s) URL without query",
-                    self.upstream.base_url
-                ),
-            ));
-        }
-        for (field, v) in [
-            (
-                "upstream.connect_timeout_ms",
-                self.upstream.connect_timeout_ms,
-            ),
-            (
-                "upstream.request_timeout_ms",
-                self.upstream.request_timeout_ms,
-            ),
-        ] {
-            if !(1..=120_000).contains(&v) {
-                return Err(ConfigError::at(field, "must be between 1 and 120000"));
-            }
-        }
-
-        let mut apps = BTreeMap::new();
-        let mut appids = BTreeSet::new();
-        for (name, app) in self.apps {
-            let at = |f: &str| format!("apps.{name}.{f}");
-            if !valid_name(&name) {
+            if !(1024..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
                 return Err(ConfigError::at(
-                    format!("apps.{name}"),
-                    "app names are 1-64 chars of a-z, 0-9, '-' and '_'",
+                    "server.max_body_bytes",
+                    "must be between 1024 and 16777216",
                 ));
             }
-            if !valid_appid(&app.appid) {
+            if !(100..=300_000).contains(&self.server.request_timeout_ms) {
                 return Err(ConfigError::at(
-                    at("appid"),
+                    "server.request_timeout_ms",
+                    "must be between 100 and 300000",
+                ));
+            }
+            if !(1..=1_000_000).contains(&self.server.max_connections) {
+                return Err(ConfigError::at(
+                    "server.max_connections",
+                    "must be between 1 and 1000000",
+                ));
+            }
+            if self.server.drain_delay_secs > 300 {
+                return Err(ConfigError::at(
+                    "server.drain_delay_secs",
+                    "must be at most 300",
+                ));
+            }
+            if let Some(id) = &self.server.node_id {
+                if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace()) {
+                    return Err(ConfigError::at(
+                        "server.node_id",
+                        "1 to 128 characters, no spaces",
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        let base = self.upstream.base_url.trim_end_matches('/').to_string();
+        let upstream_ok = (|| -> Result<(), ConfigError> {
+            if !(base.starts_with("https://") || base.starts_with("http://"))
+                || base.contains(['?', '#'])
+            {
+                return Err(ConfigError::at(
+                    "upstream.base_url",
                     format!(
-                        "`{}` is not a WeChat appid (wx + 16 letters or digits)",
-                        app.appid
+                        "`{}` is not an http(s) URL without query",
+                        self.upstream.base_url
                     ),
                 ));
             }
-            if !appids.insert(app.appid.clone()) {
-                return Err(ConfigError::at(
-                    at("appid"),
-                    "another app has the same appid",
-                ));
+            for (field, v) in [
+                (
+                    "upstream.connect_timeout_ms",
+                    self.upstream.connect_timeout_ms,
+                ),
+                (
+                    "upstream.request_timeout_ms",
+                    self.upstream.request_timeout_ms,
+                ),
+            ] {
+                if !(1..=120_000).contains(&v) {
+                    return Err(ConfigError::at(field, "must be between 1 and 120000"));
+                }
             }
-            let (secret, secret_source) = if app.token_mode == TokenMode::External {
-                if app.secret.is_some() || app.secret_env.is_some() || app.secret_file.is_some() {
+
+            Ok(())
+        })();
+        problems.extend(listen.as_ref().err().cloned());
+        problems.extend(server_ok.err());
+        problems.extend(upstream_ok.err());
+
+        let mut apps = BTreeMap::new();
+        let mut appids = BTreeSet::new();
+        let app_names: BTreeSet<String> = self.apps.keys().cloned().collect();
+        for (name, app) in self.apps {
+            let one = (|| -> Result<App, ConfigError> {
+                let at = |f: &str| format!("apps.{name}.{f}");
+                if !valid_name(&name) {
                     return Err(ConfigError::at(
-                        at("secret"),
-                        "an external-token app needs no secret: wxgate never fetches its token",
+                        format!("apps.{name}"),
+                        "app names are 1-64 chars of a-z, 0-9, '-' and '_'",
                     ));
                 }
-                let key = app.external_token_key.as_deref().unwrap_or("");
-                if key.is_empty() || key.len() > 512 || key.chars().any(char::is_whitespace) {
+                if !valid_appid(&app.appid) {
                     return Err(ConfigError::at(
+                        at("appid"),
+                        format!(
+                            "`{}` is not a WeChat appid (wx + 16 letters or digits)",
+                            app.appid
+                        ),
+                    ));
+                }
+                if !appids.insert(app.appid.clone()) {
+                    return Err(ConfigError::at(
+                        at("appid"),
+                        "another app has the same appid",
+                    ));
+                }
+                let (secret, secret_source) = if app.token_mode == TokenMode::External {
+                    if app.secret.is_some() || app.secret_env.is_some() || app.secret_file.is_some()
+                    {
+                        return Err(ConfigError::at(
+                            at("secret"),
+                            "an external-token app needs no secret: wxgate never fetches its token",
+                        ));
+                    }
+                    let key = app.external_token_key.as_deref().unwrap_or("");
+                    if key.is_empty() || key.len() > 512 || key.chars().any(char::is_whitespace) {
+                        return Err(ConfigError::at(
                         at("external_token_key"),
                         "required with token_mode = \"external\": the Redis key holding the token",
                     ));
-                }
-                if self.store.kind != StoreKind::Redis {
+                    }
+                    if self.store.kind != StoreKind::Redis {
+                        return Err(ConfigError::at(
+                            at("token_mode"),
+                            "\"external\" reads the token from Redis: set store.kind = \"redis\"",
+                        ));
+                    }
+                    (None, format!("external:{key}"))
+                } else {
+                    if app.external_token_key.is_some() {
+                        return Err(ConfigError::at(
+                            at("external_token_key"),
+                            "only used with token_mode = \"external\"",
+                        ));
+                    }
+                    let (s, src) =
+                        resolve_secret("secret", app.secret, app.secret_env, app.secret_file)
+                            .map_err(|e| e.under(&format!("apps.{name}")))?;
+                    (Some(s), src)
+                };
+                let limits = sending::app_limits(&name, app.limits, app.quotas)?;
+                let templates = sending::templates(
+                    &name,
+                    app.templates,
+                    &self.server.environment,
+                    &self.template_id_patterns,
+                )?;
+                if app.strict_templates && templates.is_empty() {
                     return Err(ConfigError::at(
-                        at("token_mode"),
-                        "\"external\" reads the token from Redis: set store.kind = \"redis\"",
+                        at("strict_templates"),
+                        "register templates first",
                     ));
                 }
-                (None, format!("external:{key}"))
-            } else {
-                if app.external_token_key.is_some() {
-                    return Err(ConfigError::at(
-                        at("external_token_key"),
-                        "only used with token_mode = \"external\"",
-                    ));
-                }
-                let (s, src) =
-                    resolve_secret("secret", app.secret, app.secret_env, app.secret_file)
-                        .map_err(|e| ConfigError(format!("apps.{name}.{}", e.0)))?;
-                (Some(s), src)
-            };
-            let limits = sending::app_limits(&name, app.limits, app.quotas)?;
-            let templates = sending::templates(
-                &name,
-                app.templates,
-                &self.server.environment,
-                &self.template_id_patterns,
-            )?;
-            if app.strict_templates && templates.is_empty() {
-                return Err(ConfigError::at(
-                    at("strict_templates"),
-                    "register templates first",
-                ));
-            }
-            apps.insert(
-                name.clone(),
-                App {
-                    name,
+                Ok(App {
+                    name: name.clone(),
                     appid: app.appid,
                     kind: app.kind,
                     token_mode: app.token_mode,
@@ -557,54 +592,72 @@ impl RawSettings {
                     limits,
                     templates,
                     strict_templates: app.strict_templates,
-                },
-            );
+                })
+            })();
+            match one {
+                Ok(a) => {
+                    apps.insert(name, a);
+                }
+                Err(e) => problems.push(e),
+            }
         }
 
         let mut api_keys = Vec::new();
         for (name, k) in self.api_keys {
-            if !valid_name(&name) {
-                return Err(ConfigError::at(
-                    format!("api_keys.{name}"),
-                    "key names are 1-64 chars of a-z, 0-9, '-' and '_'",
-                ));
-            }
-            let (key, _) = resolve_secret("key", k.key, k.key_env, k.key_file)
-                .map_err(|e| ConfigError(format!("api_keys.{name}.{}", e.0)))?;
-            {
-                use secrecy::ExposeSecret;
-                if key.expose_secret().len() < 16 {
+            let one = (|| -> Result<ApiKey, ConfigError> {
+                if !valid_name(&name) {
                     return Err(ConfigError::at(
-                        format!("api_keys.{name}.key"),
-                        "API keys must be at least 16 characters",
+                        format!("api_keys.{name}"),
+                        "key names are 1-64 chars of a-z, 0-9, '-' and '_'",
                     ));
                 }
-            }
-            let scope = if k.apps.iter().any(|a| a == "*") {
-                AppScope::All
-            } else {
-                for a in &k.apps {
-                    if !apps.contains_key(a) {
+                let (key, source) = resolve_secret("key", k.key, k.key_env, k.key_file)
+                    .map_err(|e| e.under(&format!("api_keys.{name}")))?;
+                {
+                    use secrecy::ExposeSecret;
+                    if key.expose_secret().len() < 16 {
+                        // Named after the field the user wrote the key's source in.
+                        let field = match source.split(':').next() {
+                            Some("env") => "key_env",
+                            Some("file") => "key_file",
+                            _ => "key",
+                        };
                         return Err(ConfigError::at(
-                            format!("api_keys.{name}.apps"),
-                            format!("unknown app `{a}`"),
+                            format!("api_keys.{name}.{field}"),
+                            "API keys must be at least 16 characters",
                         ));
                     }
                 }
-                AppScope::Only(k.apps)
-            };
-            if k.scopes.is_empty() {
-                return Err(ConfigError::at(
-                    format!("api_keys.{name}.scopes"),
-                    "list at least one of \"send\", \"token\"",
-                ));
+                let scope = if k.apps.iter().any(|a| a == "*") {
+                    AppScope::All
+                } else {
+                    for a in &k.apps {
+                        if !app_names.contains(a) {
+                            return Err(ConfigError::at(
+                                format!("api_keys.{name}.apps"),
+                                format!("unknown app `{a}`"),
+                            ));
+                        }
+                    }
+                    AppScope::Only(k.apps)
+                };
+                if k.scopes.is_empty() {
+                    return Err(ConfigError::at(
+                        format!("api_keys.{name}.scopes"),
+                        "list at least one of \"send\", \"token\"",
+                    ));
+                }
+                Ok(ApiKey {
+                    name: name.clone(),
+                    key,
+                    scopes: k.scopes,
+                    apps: scope,
+                })
+            })();
+            match one {
+                Ok(k) => api_keys.push(k),
+                Err(e) => problems.push(e),
             }
-            api_keys.push(ApiKey {
-                name,
-                key,
-                scopes: k.scopes,
-                apps: scope,
-            });
         }
         {
             use secrecy::ExposeSecret;
@@ -613,7 +666,7 @@ impl RawSettings {
                     .iter()
                     .any(|b| b.key.expose_secret() == a.key.expose_secret())
                 {
-                    return Err(ConfigError::at(
+                    problems.push(ConfigError::at(
                         format!("api_keys.{}", a.name),
                         "two API keys have the same value",
                     ));
@@ -622,81 +675,95 @@ impl RawSettings {
         }
 
         let st = self.store;
-        if !(1..=64).contains(&st.prefix.len())
-            || !st
-                .prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
-        {
-            return Err(ConfigError::at(
-                "store.prefix",
-                "1-64 characters of a-z, A-Z, 0-9, '-', '_', ':', '.' (no braces)",
-            ));
-        }
-        if st.expected_replicas == 0 {
-            return Err(ConfigError::at(
-                "store.expected_replicas",
-                "must be at least 1",
-            ));
-        }
-        let redis = match st.kind {
-            StoreKind::Redis => Some(st.redis.validate()?),
-            StoreKind::Memory => None,
-        };
-        let store = StoreSettings {
-            kind: st.kind,
-            prefix: st.prefix,
-            on_unavailable: st.on_unavailable,
-            expected_replicas: st.expected_replicas,
-            redis,
-        };
+        let store = (|| -> Result<StoreSettings, ConfigError> {
+            if !(1..=64).contains(&st.prefix.len())
+                || !st
+                    .prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
+            {
+                return Err(ConfigError::at(
+                    "store.prefix",
+                    "1-64 characters of a-z, A-Z, 0-9, '-', '_', ':', '.' (no braces)",
+                ));
+            }
+            if st.expected_replicas == 0 {
+                return Err(ConfigError::at(
+                    "store.expected_replicas",
+                    "must be at least 1",
+                ));
+            }
+            let redis = match st.kind {
+                StoreKind::Redis => Some(st.redis.validate()?),
+                StoreKind::Memory => None,
+            };
+            Ok(StoreSettings {
+                kind: st.kind,
+                prefix: st.prefix,
+                on_unavailable: st.on_unavailable,
+                expected_replicas: st.expected_replicas,
+                redis,
+            })
+        })();
 
         let t = &self.token;
-        if t.lease_ttl_ms < 3 * t.check_interval_ms {
-            return Err(ConfigError::at(
+        let token = (|| -> Result<TokenSettings, ConfigError> {
+            if t.lease_ttl_ms < 3 * t.check_interval_ms {
+                return Err(ConfigError::at(
                 "token.lease_ttl_ms",
                 "must be at least 3 × token.check_interval_ms, so a live leader always renews in time",
             ));
-        }
-        if !(10..=600_000).contains(&t.check_interval_ms) {
-            return Err(ConfigError::at(
-                "token.check_interval_ms",
-                "must be between 10 and 600000",
-            ));
-        }
-        if t.fetch_per_minute == 0 {
-            return Err(ConfigError::at(
-                "token.fetch_per_minute",
-                "must be at least 1",
-            ));
-        }
-        if t.expiry_margin_ms > 600_000 {
-            return Err(ConfigError::at(
-                "token.expiry_margin_ms",
-                "must be at most 600000",
-            ));
-        }
-        let token = TokenSettings {
-            expiry_margin: Duration::from_millis(t.expiry_margin_ms),
-            refresh_ahead: Duration::from_secs(t.refresh_ahead_secs),
-            lease_ttl: Duration::from_millis(t.lease_ttl_ms),
-            check_interval: Duration::from_millis(t.check_interval_ms),
-            wait_for_token: Duration::from_millis(t.wait_for_token_ms),
-            fetch_per_minute: t.fetch_per_minute,
-        };
+            }
+            if !(10..=600_000).contains(&t.check_interval_ms) {
+                return Err(ConfigError::at(
+                    "token.check_interval_ms",
+                    "must be between 10 and 600000",
+                ));
+            }
+            if t.fetch_per_minute == 0 {
+                return Err(ConfigError::at(
+                    "token.fetch_per_minute",
+                    "must be at least 1",
+                ));
+            }
+            if t.expiry_margin_ms > 600_000 {
+                return Err(ConfigError::at(
+                    "token.expiry_margin_ms",
+                    "must be at most 600000",
+                ));
+            }
+            Ok(TokenSettings {
+                expiry_margin: Duration::from_millis(t.expiry_margin_ms),
+                refresh_ahead: Duration::from_secs(t.refresh_ahead_secs),
+                lease_ttl: Duration::from_millis(t.lease_ttl_ms),
+                check_interval: Duration::from_millis(t.check_interval_ms),
+                wait_for_token: Duration::from_millis(t.wait_for_token_ms),
+                fetch_per_minute: t.fetch_per_minute,
+            })
+        })();
 
         let sending = sending::sending(
             self.limits,
             self.retry,
             self.idempotency,
             Duration::from_millis(self.upstream.request_timeout_ms),
-        )?;
+        );
         if self.server.environment.is_empty() || !valid_name(&self.server.environment) {
-            return Err(ConfigError::at(
+            problems.push(ConfigError::at(
                 "server.environment",
                 "1-64 chars of a-z, 0-9, '-' and '_'",
             ));
         }
+        let (listen, store, token, sending) = match (listen, store, token, sending) {
+            (Ok(l), Ok(st), Ok(t), Ok(se)) if problems.is_empty() => (l, st, t, se),
+            (l, st, t, se) => {
+                problems.extend(st.err());
+                problems.extend(t.err());
+                problems.extend(se.err());
+                let _ = l;
+                return Err(ConfigError::many(problems));
+            }
+        };
         let environment = self.server.environment.clone();
 
         Ok(Settings {
@@ -707,6 +774,9 @@ impl RawSettings {
                 node_id: self.server.node_id,
                 shutdown_timeout: Duration::from_secs(self.server.shutdown_timeout_secs),
                 drain_delay: Duration::from_secs(self.server.drain_delay_secs),
+                request_timeout: Duration::from_millis(self.server.request_timeout_ms),
+                max_connections: self.server.max_connections,
+                allow_empty_config: self.server.allow_empty_config,
             },
             upstream: UpstreamSettings {
                 base_url: base.to_string(),

@@ -312,3 +312,67 @@ prod = "tmpl-prod-1"
         "retry.max_attempts",
     );
 }
+
+/// Every problem in one run, each under the field the user wrote: three missing secrets (one
+/// from an unset variable) and a short key, plus a bad section elsewhere.
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let toml = r#"
+[server]
+workers = 0
+
+[apps.shop]
+appid = "wx0123456789abcdef"
+kind = "official_account"
+secret_env = "WXGATE_TEST_UNSET_SECRET_VARIABLE"
+
+[apps.mini]
+appid = "wxfedcba9876543210"
+kind = "mini_program"
+secret_file = "/nonexistent/wxgate/mini-secret"
+
+[apps.third]
+appid = "wx00112233445566aa"
+kind = "official_account"
+
+[api_keys.orders]
+key_env = "WXGATE_TEST_SHORT_KEY"
+apps = ["shop"]
+"#;
+    std::env::set_var("WXGATE_TEST_SHORT_KEY", "short");
+    let err = Settings::from_toml_str(toml).expect_err("refused");
+    let problems = err.problems();
+    let fields: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').next().unwrap_or(""))
+        .collect();
+    for expected in [
+        "server.workers",
+        "apps.shop.secret_env",
+        "apps.mini.secret_file",
+        "apps.third.secret",
+        "api_keys.orders.key_env",
+    ] {
+        assert!(
+            fields.contains(&expected),
+            "`{expected}` missing from {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 5, "{problems:#?}");
+}
+
+#[test]
+fn server_hardening_settings() {
+    let s = Settings::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(s.server.request_timeout, Duration::from_secs(10));
+    assert_eq!(s.server.max_connections, 10_000);
+    assert!(s.missing_for_serving().is_empty());
+    let empty = Settings::from_toml_str("").unwrap();
+    assert_eq!(empty.missing_for_serving().len(), 2);
+    let allowed = Settings::from_toml_str("[server]\nallow_empty_config = true\n").unwrap();
+    assert!(allowed.missing_for_serving().is_empty());
+    check_err(
+        "[server]\nrequest_timeout_ms = 10\n",
+        "server.request_timeout_ms",
+    );
+}

@@ -10,8 +10,51 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// Checks the content type, then reads at most `limit` bytes.
+/// Checks the content type, then reads at most `limit` bytes within `timeout` (a client that
+/// trickles its body, or announces a huge chunk and sends little, gets 408 and the connection
+/// is closed).
 pub async fn read_json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<web::BytesMut, ApiError> {
+    match tokio::time::timeout(timeout, read_limited(req, payload, limit)).await {
+        Ok(result) => result,
+        Err(_) => {
+            // actix would keep waiting for the rest of the body (a huge announced chunk holds the
+            // connection for as long as the client likes): end the reading side, so the
+            // connection closes once the 408 is written.
+            if let Some(ConnSocket(sock)) = req.conn_data::<ConnSocket>() {
+                let _ = sock.shutdown(std::net::Shutdown::Read);
+            }
+            Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the body did not arrive within {} ms (server.request_timeout_ms); nothing was sent",
+                timeout.as_millis()
+            ),
+        ))
+        }
+    }
+}
+
+/// The connection's socket (a duplicate of its descriptor), to end a connection whose request
+/// timed out.
+#[derive(Clone)]
+pub struct ConnSocket(std::sync::Arc<socket2::Socket>);
+
+/// `HttpServer::on_connect`: keeps each TCP connection's socket in its connection data.
+pub fn remember_socket(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Ok(sock) = socket2::SockRef::from(tcp).try_clone() {
+            data.insert(ConnSocket(std::sync::Arc::new(sock)));
+        }
+    }
+}
+
+async fn read_limited(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

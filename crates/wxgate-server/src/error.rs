@@ -135,6 +135,13 @@ impl ApiError {
     /// Answers with the JSON body and headers. `request_id` is echoed in the body.
     pub fn to_response(&self, request_id: &str) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status);
+        if matches!(
+            self.status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            // The rest of the body will not be read: end the connection after this answer.
+            resp.force_close();
+        }
         if let Some(secs) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }

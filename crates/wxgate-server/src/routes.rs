@@ -126,8 +126,9 @@ async fn intake<'a>(
         ));
     }
     let idempotency_key = idempotency_key(req)?;
-    let max = state.engine.settings().server.max_body_bytes;
-    let bytes = body::read_json_body(req, payload, max).await?;
+    let server = &state.engine.settings().server;
+    let bytes =
+        body::read_json_body(req, payload, server.max_body_bytes, server.request_timeout).await?;
     let mut message = match (endpoint, app.kind) {
         (Endpoint::Template, _) => {
             let m: TemplateMessage = body::decode(&bytes)?;
@@ -163,7 +164,13 @@ async fn send(
 ) -> HttpResponse {
     let started = Instant::now();
     let result = async {
-        let i = intake(&req, &state, &path, payload, endpoint).await?;
+        let i = match intake(&req, &state, &path, payload, endpoint).await {
+            Ok(i) => i,
+            Err(e) => {
+                refused(&state, &path, endpoint, &e);
+                return Err(e);
+            }
+        };
         let rid = RequestId::of(&req);
         let delivery = state
             .engine
@@ -181,6 +188,32 @@ async fn send(
     }
     .await;
     respond(&req, result)
+}
+
+/// Counts a send refused before the engine (bad input, authentication, the registry) in
+/// `wxgate_sends_total` with its error code, like every other answer. The app label is the
+/// configured app's name, or `-` for a name that is not configured (bounded cardinality).
+fn refused(state: &AppState, app: &str, endpoint: Endpoint, e: &ApiError) {
+    let settings = state.engine.settings();
+    let app = if settings.apps.contains_key(app) {
+        app
+    } else {
+        "-"
+    };
+    let api = match endpoint {
+        Endpoint::Template => wxgate_protocol::api::Api::TemplateSend,
+        Endpoint::Subscribe => wxgate_protocol::api::Api::SubscribeSend,
+    };
+    state
+        .engine
+        .metrics()
+        .sends
+        .get_or_create(&wxgate_engine::metrics::SendLabels {
+            app: app.to_string(),
+            api: api.as_str().to_string(),
+            outcome: e.code.to_string(),
+        })
+        .inc();
 }
 
 /// The HTTP answer to a delivery; a replayed one carries `Idempotent-Replayed` and the
@@ -317,8 +350,10 @@ pub async fn invalidate_token(
 ) -> HttpResponse {
     let result = async {
         let (app, _) = resolve_caller(&req, &state, &path, Scope::Token)?;
-        let max = state.engine.settings().server.max_body_bytes;
-        let bytes = body::read_json_body(&req, payload, max).await?;
+        let server = &state.engine.settings().server;
+        let bytes =
+            body::read_json_body(&req, payload, server.max_body_bytes, server.request_timeout)
+                .await?;
         let b: InvalidateBody = body::decode(&bytes)?;
         if b.access_token.is_empty() || b.access_token.len() > 2048 {
             return Err(ApiError::invalid_field(

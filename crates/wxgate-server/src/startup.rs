@@ -97,6 +97,8 @@ impl Application {
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout;
         let drain_delay = settings.server.drain_delay;
+        let request_timeout = settings.server.request_timeout;
+        let max_connections = settings.server.max_connections;
         // Registered before anything runs: a signal from now on starts the drain.
         let signals = if opts.handle_signals {
             Some(
@@ -157,6 +159,13 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
+        .on_connect(crate::body::remember_socket)
+        // Headers must arrive within the request timeout (the body is bounded by the handlers).
+        .client_request_timeout(request_timeout)
+        // A connection being closed (after a 408 or 413) is dropped if the client lingers.
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        // actix counts connections per worker.
+        .max_connections(max_connections.div_ceil(workers).max(1))
         .shutdown_timeout(shutdown_timeout.as_secs())
         // The drain handles the signals (actix would stop accepting at once).
         .disable_signals();

@@ -15,6 +15,7 @@ use wxgate_config::Settings;
 use wxgate_fake_wechat::{demo, FakeConfig, FakeWechat};
 use wxgate_server::{Application, BuildOptions};
 
+mod client_errors;
 mod dev;
 
 #[derive(Parser)]
@@ -73,21 +74,33 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WXGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal, never in a file or a log pipeline.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    let fmt = match format {
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
+            .boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    // A client's protocol error is reported by `client_errors`, not logged one by one.
+    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(|m| {
+        !client_errors::is_client_protocol_error(m)
+    }));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(client_errors::ClientErrors::start(
+            std::time::Duration::from_secs(10),
+        ))
+        .init();
 }
 
 #[tokio::main]
@@ -122,6 +135,17 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Option<PathBuf>) -> Result<(), String> {
     let settings = Settings::load(config.as_deref()).map_err(|e| format!("configuration: {e}"))?;
+    let missing = settings.missing_for_serving();
+    if !missing.is_empty() {
+        let source = match &config {
+            Some(path) => format!("configuration {}", path.display()),
+            None => "no configuration file (--config FILE or WXGATE_CONFIG)".to_string(),
+        };
+        return Err(format!(
+            "refusing to serve: {source} configures no {}; set server.allow_empty_config = true to start anyway",
+            missing.join(", and no ")
+        ));
+    }
     let app = Application::build(
         settings,
         BuildOptions {
@@ -157,13 +181,53 @@ async fn fake_wechat(listen: SocketAddr, config: Option<PathBuf>) -> Result<(), 
 }
 
 async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String> {
-    let s = Settings::load(Some(file)).map_err(|e| format!("{}: {e}", file.display()))?;
+    let s = Settings::load(Some(file)).map_err(|e| {
+        let problems = e.problems();
+        let n = problems.len();
+        format!(
+            "{}: {n} problem{}:\n{}",
+            file.display(),
+            if n == 1 { "" } else { "s" },
+            problems
+                .iter()
+                .map(|p| format!("  - {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
     println!("{}: OK", file.display());
     println!(
-        "  listen {} ({} workers), upstream {}",
-        s.server.listen, s.server.workers, s.upstream.base_url
+        "  server: listens on {} with {} worker{}; upstream {}",
+        s.server.listen,
+        s.server.workers,
+        if s.server.workers == 1 { "" } else { "s" },
+        s.upstream.base_url
     );
-    println!("  store {:?}", s.store.kind);
+    let store = match (&s.store.kind, &s.store.redis) {
+        (wxgate_config::StoreKind::Memory, _) => {
+            "in memory (one node only: limits and tokens are not shared)".to_string()
+        }
+        (wxgate_config::StoreKind::Redis, Some(r)) => {
+            let at = match r.mode {
+                wxgate_config::RedisMode::Standalone => format!(
+                    "standalone {}",
+                    wxgate_store::redis_store::redact_url(r.url.as_deref().unwrap_or(""))
+                ),
+                wxgate_config::RedisMode::Sentinel => format!(
+                    "Sentinel master `{}` via {} sentinel{}",
+                    r.master_name.as_deref().unwrap_or(""),
+                    r.sentinels.len(),
+                    if r.sentinels.len() == 1 { "" } else { "s" }
+                ),
+                wxgate_config::RedisMode::Cluster => {
+                    format!("Cluster with {} seed nodes", r.nodes.len())
+                }
+            };
+            format!("Redis ({at}), key prefix `{}`", s.store.prefix)
+        }
+        (wxgate_config::StoreKind::Redis, None) => "Redis".to_string(),
+    };
+    println!("  store: {store}");
     for app in s.apps.values() {
         println!(
             "  app {}: appid {}, {}, token {}, secret from {}",
@@ -175,7 +239,26 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
         );
     }
     for key in &s.api_keys {
-        println!("  api key {}: apps {:?}", key.name, key.apps);
+        let apps = match &key.apps {
+            wxgate_config::AppScope::All => "every app".to_string(),
+            wxgate_config::AppScope::Only(list) => list.join(", "),
+        };
+        let scopes: Vec<&str> = key
+            .scopes
+            .iter()
+            .map(|sc| match sc {
+                wxgate_config::Scope::Send => "send",
+                wxgate_config::Scope::Token => "token",
+            })
+            .collect();
+        println!(
+            "  api key {}: apps {apps}; may {}",
+            key.name,
+            scopes.join(" and ")
+        );
+    }
+    for missing in s.missing_for_serving() {
+        println!("  note: `wxgate serve` would refuse to start: no {missing}");
     }
     if online {
         match wxgate_server::check_templates_online(&s).await {
