@@ -14,6 +14,7 @@ async fn drain_fails_readiness_at_once_serves_on_then_stops() {
     })
     .await;
     assert_eq!(gw.post(TPL, &template_body()).await.status, 200);
+    gw.wait_ready(Duration::from_secs(10)).await;
     let ready = gw
         .request(reqwest::Method::GET, "/readyz", None, None, "")
         .await;

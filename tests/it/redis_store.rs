@@ -1,6 +1,8 @@
 //! Gateways on a shared Redis (a real `redis-server` on a loopback port): they share the token
 //! and the blocks WeChat's limits cause, and they fail closed when Redis is gone.
 
+use std::time::Duration;
+
 use wxgate_fake_wechat::{demo, Fault, FaultAction};
 use wxgate_protocol::wire::paths;
 use wxgate_redis_testkit::{require_redis, RedisServer};
@@ -181,6 +183,7 @@ async fn local_share_keeps_the_node_ready_without_redis_with_a_due_token() {
     })
     .await;
     assert_eq!(gw.post(TPL, &template_body()).await.status, 200);
+    gw.wait_ready(Duration::from_secs(10)).await;
     redis.stop();
     let ready = gw
         .request(reqwest::Method::GET, "/readyz", None, None, "")

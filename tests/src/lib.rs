@@ -315,6 +315,27 @@ impl TestGateway {
         Resp::read(req.send().await.expect("gateway answers")).await
     }
 
+    /// Polls `/readyz` until it answers 200 (every app has a usable token), or panics after
+    /// `within`: tests that take Redis or the fake away first wait for the background token
+    /// fetches, which may still be running when the first send has already succeeded.
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let r = self
+                .request(reqwest::Method::GET, "/readyz", None, None, "")
+                .await;
+            if r.status == 200 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready after {within:?}: {:?}",
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
         let _ = self.task.await;
