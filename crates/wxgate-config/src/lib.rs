@@ -68,6 +68,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub token: TokenSettings,
     pub sending: sending::SendingSettings,
+    pub queue: QueueSettings,
     /// `server.environment`: selects the registered templates' ids.
     pub environment: String,
     /// Apps by their wxgate name (the `{app}` of the URL).
@@ -130,6 +131,27 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// PEM CA certificate(s) for `rediss://` (from `tls_ca_file`), else the system's roots.
     pub tls_ca_pem: Option<Vec<u8>>,
+}
+
+/// `[queue]`: durable queued delivery (`Prefer: respond-async`) through Redis Streams.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Accept `Prefer: respond-async` and run the workers (Redis store only).
+    pub enabled: bool,
+    /// Most entries one app's stream may hold (queued + being delivered); past it, 503.
+    pub max_backlog: u64,
+    /// Messages one node delivers at once, per app.
+    pub concurrency: usize,
+    /// An entry held this long by a consumer without progress is claimed by another.
+    pub claim_idle: Duration,
+    /// Deliveries of one message (retryable failures included) before it is dead-lettered.
+    pub max_attempts: u32,
+    /// How long one blocking stream read waits for new entries.
+    pub block: Duration,
+    /// How long a worker waits for a permit of a full window before it counts a failed attempt.
+    pub max_permit_wait: Duration,
+    /// Hosts (lower case, optional `:port`) a `Callback-Url` may point at.
+    pub callback_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sending::{self, RawAppLimits, RawIdempotency, RawRetry, RawSending, RawTemplate};
 use crate::{
-    resolve_optional_secret, resolve_secret, ApiKey, App, AppScope, ConfigError, RedisSettings,
-    ServerSettings, Settings, StoreSettings, TokenSettings, UpstreamSettings,
+    resolve_optional_secret, resolve_secret, ApiKey, App, AppScope, ConfigError, QueueSettings,
+    RedisSettings, ServerSettings, Settings, StoreSettings, TokenSettings, UpstreamSettings,
 };
 
 #[derive(Debug, Deserialize, Default)]
@@ -23,6 +23,7 @@ pub(crate) struct RawSettings {
     limits: RawSending,
     retry: RawRetry,
     idempotency: RawIdempotency,
+    queue: RawQueue,
     /// Environment name → glob every template id of that environment must match.
     template_id_patterns: BTreeMap<String, String>,
     apps: BTreeMap<String, RawApp>,
@@ -308,6 +309,34 @@ impl Default for RawToken {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    enabled: bool,
+    max_backlog: u64,
+    concurrency: usize,
+    claim_idle_ms: u64,
+    max_attempts: u32,
+    block_ms: u64,
+    max_permit_wait_secs: u64,
+    callback_hosts: Vec<String>,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_backlog: 100_000,
+            concurrency: 8,
+            claim_idle_ms: 30_000,
+            max_attempts: 5,
+            block_ms: 2_000,
+            max_permit_wait_secs: 600,
+            callback_hosts: Vec::new(),
+        }
+    }
+}
+
 /// The kind of WeChat account behind an app; it decides which subscribe API is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -407,6 +436,8 @@ pub enum Scope {
     Send,
     /// `GET /v1/apps/{app}/access_token` and `.../access_token/invalidate`.
     Token,
+    /// admin endpoints
+    Admin,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -742,6 +773,74 @@ impl RawSettings {
             })
         })();
 
+        let q = &self.queue;
+        let queue = (|| -> Result<QueueSettings, ConfigError> {
+            if !(1..=100_000_000).contains(&q.max_backlog) {
+                return Err(ConfigError::at(
+                    "queue.max_backlog",
+                    "must be between 1 and 100000000",
+                ));
+            }
+            if !(1..=256).contains(&q.concurrency) {
+                return Err(ConfigError::at(
+                    "queue.concurrency",
+                    "must be between 1 and 256",
+                ));
+            }
+            if !(100..=3_600_000).contains(&q.claim_idle_ms) {
+                return Err(ConfigError::at(
+                    "queue.claim_idle_ms",
+                    "must be between 100 and 3600000",
+                ));
+            }
+            if !(1..=100).contains(&q.max_attempts) {
+                return Err(ConfigError::at(
+                    "queue.max_attempts",
+                    "must be between 1 and 100",
+                ));
+            }
+            if !(10..=60_000).contains(&q.block_ms) {
+                return Err(ConfigError::at(
+                    "queue.block_ms",
+                    "must be between 10 and 60000",
+                ));
+            }
+            if !(1..=86_400).contains(&q.max_permit_wait_secs) {
+                return Err(ConfigError::at(
+                    "queue.max_permit_wait_secs",
+                    "must be between 1 and 86400",
+                ));
+            }
+            for h in &q.callback_hosts {
+                let ok = !h.is_empty()
+                    && h.len() <= 253
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':'));
+                if !ok {
+                    return Err(ConfigError::at(
+                        "queue.callback_hosts",
+                        format!(
+                            "`{h}` is not a host name (letters, digits, '-', '.', optional :port)"
+                        ),
+                    ));
+                }
+            }
+            Ok(QueueSettings {
+                enabled: q.enabled,
+                max_backlog: q.max_backlog,
+                concurrency: q.concurrency,
+                claim_idle: Duration::from_millis(q.claim_idle_ms),
+                max_attempts: q.max_attempts,
+                block: Duration::from_millis(q.block_ms),
+                max_permit_wait: Duration::from_secs(q.max_permit_wait_secs),
+                callback_hosts: q
+                    .callback_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            })
+        })();
+
         let sending = sending::sending(
             self.limits,
             self.retry,
@@ -754,12 +853,13 @@ impl RawSettings {
                 "1-64 chars of a-z, 0-9, '-' and '_'",
             ));
         }
-        let (listen, store, token, sending) = match (listen, store, token, sending) {
-            (Ok(l), Ok(st), Ok(t), Ok(se)) if problems.is_empty() => (l, st, t, se),
-            (l, st, t, se) => {
+        let (listen, store, token, sending, queue) = match (listen, store, token, sending, queue) {
+            (Ok(l), Ok(st), Ok(t), Ok(se), Ok(qu)) if problems.is_empty() => (l, st, t, se, qu),
+            (l, st, t, se, qu) => {
                 problems.extend(st.err());
                 problems.extend(t.err());
                 problems.extend(se.err());
+                problems.extend(qu.err());
                 let _ = l;
                 return Err(ConfigError::many(problems));
             }
@@ -787,6 +887,7 @@ impl RawSettings {
             store,
             token,
             sending,
+            queue,
             environment,
             apps,
             api_keys,

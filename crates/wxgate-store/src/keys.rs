@@ -81,6 +81,29 @@ impl Keys {
         self.app(appid, &format!("cache:{name}"))
     }
 
+    /// Stream: the app's queued messages (field `id`), read by consumer group `wxgate`. Only
+    /// acknowledged entries are deleted; it is never trimmed by length.
+    pub fn queue(&self, appid: &str) -> String {
+        self.app(appid, "q")
+    }
+
+    /// Hash: one queued message — `state` (`queued` | `sending` | `sent` | `failed`),
+    /// `payload`, `entry`, `attempts`, `gen`, `msgid`, `error`, `node`, `created_ms`,
+    /// `updated_ms`, `finished_ms`; expires after the idempotency TTL.
+    pub fn queue_message(&self, appid: &str, id: &str) -> String {
+        self.app(appid, &format!("qmsg:{id}"))
+    }
+
+    /// String: the message id enqueued under a caller's `Idempotency-Key`.
+    pub fn queue_idempotency(&self, appid: &str, caller: &str, key: &str) -> String {
+        self.app(appid, &format!("qidem:{caller}:{key}"))
+    }
+
+    /// Stream: the app's dead letters (field `id`), listed and re-driven by operators.
+    pub fn dead_letters(&self, appid: &str) -> String {
+        self.app(appid, "dlq")
+    }
+
     /// Hash: `state` (`in_progress` | `done`), `request_id`, `result`, `api`, `client_msg_id`,
     /// `first_attempt_ms`, `lease_until_ms`, `created_ms`.
     pub fn idempotency(&self, appid: &str, key: &str) -> String {
@@ -109,6 +132,13 @@ mod tests {
         );
         assert_eq!(k.idempotency("wx1", "order-1"), "wxgate:{wx1}:idem:order-1");
         assert_eq!(k.epoch("wx1"), "wxgate:{wx1}:epoch");
+        assert_eq!(k.queue("wx1"), "wxgate:{wx1}:q");
+        assert_eq!(k.queue_message("wx1", "m1"), "wxgate:{wx1}:qmsg:m1");
+        assert_eq!(
+            k.queue_idempotency("wx1", "svc", "k"),
+            "wxgate:{wx1}:qidem:svc:k"
+        );
+        assert_eq!(k.dead_letters("wx1"), "wxgate:{wx1}:dlq");
         assert!(Keys::new("a{b}").is_err());
         assert!(Keys::new("").is_err());
     }

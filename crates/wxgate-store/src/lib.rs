@@ -460,6 +460,154 @@ pub trait Cache: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// A message to enqueue (see [`Queue::enqueue`]).
+#[derive(Debug, Clone)]
+pub struct EnqueueRequest<'a> {
+    /// The message id (a UUID).
+    pub id: &'a str,
+    /// What the worker needs to send it (JSON, opaque to the store).
+    pub payload: &'a str,
+    /// The caller's API key name and `Idempotency-Key`, when one was given.
+    pub idempotency: Option<(&'a str, &'a str)>,
+    pub max_backlog: u64,
+    /// How long the status (and the idempotency mapping) is kept.
+    pub ttl_ms: u64,
+}
+
+/// The answer of [`Queue::enqueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Appended to the stream.
+    Accepted { id: String },
+    /// Enqueued before under the same idempotency key: its id, nothing written.
+    Existing { id: String },
+    /// The backlog is full: nothing written.
+    Full { depth: u64, oldest_age_ms: u64 },
+}
+
+/// One stream entry handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The stream entry id.
+    pub entry: String,
+    /// The message id.
+    pub id: String,
+}
+
+/// One message's status hash, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub state: String,
+    pub payload: String,
+    pub attempts: u32,
+    pub gen: u32,
+    pub msgid: Option<String>,
+    /// The classified error (JSON), once failed (or the last retryable one while queued).
+    pub error: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
+/// A message's final outcome (see [`Queue::finish`]).
+#[derive(Debug, Clone)]
+pub struct Finish<'a> {
+    pub entry: &'a str,
+    pub id: &'a str,
+    /// `sent` or `failed`.
+    pub state: &'a str,
+    pub msgid: Option<&'a str>,
+    pub error: Option<&'a str>,
+    /// Also append it to the dead-letter stream.
+    pub dead_letter: bool,
+    pub ttl_ms: u64,
+    pub node: &'a str,
+}
+
+/// What `wxgate inspect` and the metrics show of one app's queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Entries in the stream: queued plus being delivered.
+    pub depth: u64,
+    /// Entries delivered to a consumer and not acknowledged yet.
+    pub pending: u64,
+    /// Age of the oldest entry (store clock), if any.
+    pub oldest_age_ms: Option<u64>,
+    pub dead_letters: u64,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// Its entry in the dead-letter stream.
+    pub entry: String,
+    pub id: String,
+}
+
+/// Durable queued delivery: one stream per app, one consumer group (`wxgate`) read by every
+/// node's workers, one status hash per message, one dead-letter stream per app. Redis only.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Enqueues atomically: the same id back for a known idempotency key; `Full` past the
+    /// backlog; else the stream entry and the status hash (`queued`).
+    async fn enqueue(&self, appid: &str, req: &EnqueueRequest<'_>) -> Result<Enqueued, StoreError>;
+
+    /// Creates the consumer group (and the stream) unless it exists.
+    async fn ensure_group(&self, appid: &str) -> Result<(), StoreError>;
+
+    /// New entries for `consumer`, waiting up to `block_ms` for one, on a connection of the
+    /// app's own (a blocking read never stalls the shared one). Recreates a lost group.
+    async fn read(
+        &self,
+        appid: &str,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Entries idle for `min_idle_ms` in any consumer (a dead one's), now `consumer`'s.
+    async fn claim_idle(
+        &self,
+        appid: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Resets the idle time of an entry `consumer` still owns; false if it lost it.
+    async fn touch(&self, appid: &str, consumer: &str, entry: &str) -> Result<bool, StoreError>;
+
+    /// The status of message `id`, if kept.
+    async fn message(&self, appid: &str, id: &str) -> Result<Option<QueuedMessage>, StoreError>;
+
+    /// Updates fields of a message's status (`state`, `attempts`, `error`...) while it is
+    /// delivered; a status that expired is not recreated.
+    async fn update(
+        &self,
+        appid: &str,
+        id: &str,
+        fields: &[(&str, String)],
+    ) -> Result<(), StoreError>;
+
+    /// Stores the final outcome, then acknowledges and deletes the entry (one atomic step);
+    /// dead-letters it when asked. True when this call acknowledged it.
+    async fn finish(&self, appid: &str, f: &Finish<'_>) -> Result<bool, StoreError>;
+
+    async fn stats(&self, appid: &str) -> Result<QueueStats, StoreError>;
+
+    /// The oldest `count` dead letters.
+    async fn dead_letters(&self, appid: &str, count: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Puts a dead letter back on the stream (a new generation, attempts reset). False when it
+    /// is gone or its status expired.
+    async fn redrive(
+        &self,
+        appid: &str,
+        letter: &DeadLetter,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError>;
+}
+
 /// A backend that plays every role. Implementations must make every method atomic.
 pub trait Store: Health + TokenStore + Limiter + Leases + Idempotency + Cache + 'static {}
 
@@ -474,6 +622,8 @@ pub struct SharedState {
     pub leases: Arc<dyn Leases>,
     pub idempotency: Arc<dyn Idempotency>,
     pub cache: Arc<dyn Cache>,
+    /// Queued delivery, where the backend has it (Redis).
+    pub queue: Option<Arc<dyn Queue>>,
 }
 
 impl SharedState {
@@ -486,7 +636,14 @@ impl SharedState {
             leases: store.clone(),
             idempotency: store.clone(),
             cache: store,
+            queue: None,
         }
+    }
+
+    /// The same, with queued delivery.
+    pub fn with_queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(queue);
+        self
     }
 
     /// The same, with another limiter (e.g. a [`fallback::FallbackLimiter`] around it).

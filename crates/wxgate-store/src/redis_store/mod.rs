@@ -10,6 +10,7 @@
 
 mod connection;
 mod ops;
+mod queue;
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use redis::{Script, Value};
 
 use connection::RedisConn;
 pub use connection::{redact_url, RedisConfig, Topology};
+pub use queue::GROUP;
 
 use crate::keys::Keys;
 use crate::StoreError;
@@ -37,6 +39,11 @@ pub(crate) struct Scripts {
     idem_complete: Script,
     idem_release: Script,
     external_token_read: Script,
+    q_enqueue: Script,
+    q_finish: Script,
+    q_touch: Script,
+    q_update: Script,
+    q_redrive: Script,
 }
 
 impl Scripts {
@@ -55,6 +62,11 @@ impl Scripts {
             idem_complete: Script::new(include_str!("../lua/idem_complete.lua")),
             idem_release: Script::new(include_str!("../lua/idem_release.lua")),
             external_token_read: Script::new(include_str!("../lua/external_token_read.lua")),
+            q_enqueue: Script::new(include_str!("../lua/q_enqueue.lua")),
+            q_finish: Script::new(include_str!("../lua/q_finish.lua")),
+            q_touch: Script::new(include_str!("../lua/q_touch.lua")),
+            q_update: Script::new(include_str!("../lua/q_update.lua")),
+            q_redrive: Script::new(include_str!("../lua/q_redrive.lua")),
         }
     }
 }
@@ -64,6 +76,9 @@ pub struct RedisStore {
     keys: Keys,
     scripts: Arc<Scripts>,
     conn: RedisConn,
+    /// For queue workers' blocking reads: one connection per app, apart from `conn`.
+    cfg: RedisConfig,
+    readers: std::sync::Mutex<std::collections::HashMap<String, Arc<RedisConn>>>,
 }
 
 impl RedisStore {
@@ -77,7 +92,9 @@ impl RedisStore {
         Ok(Self {
             keys,
             scripts: Arc::new(Scripts::new()),
-            conn: RedisConn::new(cfg),
+            conn: RedisConn::new(cfg.clone()),
+            cfg,
+            readers: Default::default(),
         })
     }
 
