@@ -22,6 +22,7 @@ pub mod message;
 pub mod metrics;
 pub mod outcome;
 mod permit;
+pub mod queue;
 pub mod registry;
 mod send;
 pub mod token;

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -66,6 +67,22 @@ pub struct Metrics {
     pub token_fetches: Family<TokenLabels, Counter>,
     pub state_losses: Family<AppLabels, Counter>,
     pub idempotency_takeovers: Family<AppLabels, Counter>,
+    /// Entries in the app's stream (queued + being delivered), as this node last read it.
+    pub queue_depth: Family<AppLabels, Gauge>,
+    /// Age of the app's oldest queued entry in seconds (0 when empty).
+    pub queue_oldest_age_seconds: Family<AppLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Messages in the app's dead-letter stream.
+    pub queue_dead_letters: Family<AppLabels, Gauge>,
+    /// Queued messages this node finished, by final state (`sent` | `failed`): the drain rate
+    /// is its rate summed over nodes.
+    pub queue_drained: Family<QueueLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub app: String,
+    /// `sent` or `failed`.
+    pub state: String,
 }
 
 impl Default for Metrics {
@@ -122,7 +139,36 @@ impl Metrics {
             "Idempotency claims taken over from requests that did not finish (a crashed node)",
             idempotency_takeovers.clone(),
         );
+        let queue_depth = Family::<AppLabels, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Entries in the app's queue stream (queued and being delivered)",
+            queue_depth.clone(),
+        );
+        let queue_oldest_age_seconds =
+            Family::<AppLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "queue_oldest_age_seconds",
+            "Age of the app's oldest queued entry (0 when the queue is empty)",
+            queue_oldest_age_seconds.clone(),
+        );
+        let queue_dead_letters = Family::<AppLabels, Gauge>::default();
+        registry.register(
+            "queue_dead_letters",
+            "Messages in the app's dead-letter stream",
+            queue_dead_letters.clone(),
+        );
+        let queue_drained = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "queue_drained",
+            "Queued messages this node finished, by final state",
+            queue_drained.clone(),
+        );
         Self {
+            queue_depth,
+            queue_oldest_age_seconds,
+            queue_dead_letters,
+            queue_drained,
             state_losses,
             idempotency_takeovers,
             registry,

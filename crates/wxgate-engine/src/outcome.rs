@@ -259,7 +259,7 @@ impl SendError {
         }
     }
 
-    pub(crate) fn store(e: impl std::fmt::Display) -> Self {
+    pub fn store(e: impl std::fmt::Display) -> Self {
         Self::StoreUnavailable {
             detail: e.to_string(),
         }

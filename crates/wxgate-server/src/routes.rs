@@ -31,12 +31,12 @@ struct SentBody<'a> {
     request_id: &'a str,
 }
 
-fn respond(req: &HttpRequest, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+pub(crate) fn respond(req: &HttpRequest, result: Result<HttpResponse, ApiError>) -> HttpResponse {
     result.unwrap_or_else(|e| e.to_response(&RequestId::of(req)))
 }
 
 /// The app, and the name of the caller's API key.
-fn resolve_caller<'a>(
+pub(crate) fn resolve_caller<'a>(
     req: &HttpRequest,
     state: &'a AppState,
     app: &str,
@@ -172,6 +172,18 @@ async fn send(
             }
         };
         let rid = RequestId::of(&req);
+        if crate::queue_routes::prefers_async(&req) {
+            return crate::queue_routes::enqueue(
+                &req,
+                &state,
+                i.app,
+                i.caller,
+                i.idempotency_key,
+                i.message,
+                &rid,
+            )
+            .await;
+        }
         let delivery = state
             .engine
             .send(SendRequest {

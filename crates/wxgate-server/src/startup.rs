@@ -20,6 +20,7 @@ use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
 use wxgate_store::{SharedState, Store};
 
 use crate::drain::{self, DrainHandle, Signals};
+use crate::queue_routes;
 use crate::request_id;
 use crate::routes;
 
@@ -121,7 +122,9 @@ impl Application {
         // Every node runs the refresher; the lease decides which one fetches. It stops (and
         // releases the leases) when the server stops.
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let background = engine.spawn_background(shutdown_rx);
+        let mut background = engine.spawn_background(shutdown_rx.clone());
+        // Queued delivery: every node drains every app's stream (Redis store only).
+        background.extend(engine.spawn_queue_workers(shutdown_rx));
         let drain = DrainHandle::default();
         let state = web::Data::new(AppState {
             engine: engine.clone(),
@@ -141,6 +144,22 @@ impl Application {
                 .service(
                     web::resource("/v1/apps/{app}/messages/subscribe")
                         .route(web::post().to(routes::send_subscribe))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                // Queued delivery: message status and dead letters.
+                .service(
+                    web::resource("/v1/apps/{app}/messages/{id}")
+                        .route(web::get().to(queue_routes::message_status))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/admin/apps/{app}/dlq")
+                        .route(web::get().to(queue_routes::dlq_list))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/admin/apps/{app}/dlq/redrive")
+                        .route(web::post().to(queue_routes::dlq_redrive))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(
@@ -326,11 +345,15 @@ fn build_store(
                     expected_replicas: st.expected_replicas,
                 },
             };
-            let redis: Arc<dyn Store> = Arc::new(redis);
+            let redis = Arc::new(redis);
+            let queue: Arc<dyn wxgate_store::Queue> = redis.clone();
+            let redis: Arc<dyn Store> = redis;
             let limiter = FallbackLimiter::new(redis.clone(), policy);
             let local_share = limiter.admits_without_store();
             Ok((
-                SharedState::new(redis).with_limiter(Arc::new(limiter)),
+                SharedState::new(redis)
+                    .with_limiter(Arc::new(limiter))
+                    .with_queue(queue),
                 local_share,
             ))
         }

@@ -1,0 +1,246 @@
+//! Queued delivery on one gateway with a real `redis-server` and the fake WeChat:
+//! `Prefer: respond-async` → 202 + Location → status `sent` with the msgid; bad input refused
+//! with nothing queued; back-pressure (503 + Retry-After); a permanent failure dead-lettered
+//! and re-driven; the memory store refuses async with 501.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wxgate_fake_wechat::{demo, Fault, FaultAction};
+use wxgate_protocol::wire::paths;
+use wxgate_redis_testkit::{require_redis, RedisServer};
+use wxgate_tests::*;
+
+const TPL: &str = "/v1/apps/oa/messages/template";
+const OPS_KEY: &str = "test-key-ops-admin-0001";
+
+fn queue_toml(redis: &RedisServer, prefix: &str, queue: &str) -> String {
+    format!(
+        "{}\n[queue]\nclaim_idle_ms = 1000\nblock_ms = 200\n{queue}\n[api_keys.ops]\nkey = \"{OPS_KEY}\"\napps = [\"*\"]\nscopes = [\"admin\"]\n",
+        redis_store_toml(&redis.url(), prefix, "")
+    )
+}
+
+async fn post_async(gw: &TestGateway, body: &Value, headers: &[(&str, &str)]) -> Resp {
+    let mut req = gw
+        .http
+        .post(format!("{}{TPL}", gw.url))
+        .bearer_auth(API_KEY)
+        .header("Prefer", "respond-async")
+        .json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Resp::read(req.send().await.unwrap()).await
+}
+
+async fn get(gw: &TestGateway, path: &str, key: &str) -> Resp {
+    gw.request(reqwest::Method::GET, path, Some(key), None, "")
+        .await
+}
+
+/// Polls the status at `location` until it is `sent` or `failed`.
+async fn final_status(gw: &TestGateway, location: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(gw, location, API_KEY).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let st = r.body["status"].as_str().unwrap_or("").to_string();
+        if st == "sent" || st == "failed" {
+            return r.body;
+        }
+        assert!(Instant::now() < deadline, "still {st}: {:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stream_len(redis: &RedisServer, prefix: &str) -> u64 {
+    redis
+        .cli(&["XLEN", &format!("{prefix}:{{{}}}:q", demo::OA_APPID)])
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn async_send_is_accepted_then_sent_once() {
+    require_redis();
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let gw = spawn_with(Options {
+        extra_toml: queue_toml(&redis, &prefix, ""),
+        ..Default::default()
+    })
+    .await;
+    gw.wait_ready(Duration::from_secs(10)).await;
+    let r = post_async(&gw, &template_body(), &[("Idempotency-Key", "order-1")]).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let location = r.header("location").unwrap().to_string();
+    assert_eq!(location, format!("/v1/apps/oa/messages/{id}"));
+    // The same key: the same message, not a second one.
+    let again = post_async(&gw, &template_body(), &[("Idempotency-Key", "order-1")]).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body["id"], id.as_str());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let st = final_status(&gw, &location).await;
+    assert_eq!(st["status"], "sent", "{st:?}");
+    assert!(st["msgid"].as_str().unwrap().parse::<u64>().is_ok());
+    assert_eq!(gw.calls_to(paths::TEMPLATE_SEND).len(), 1);
+    // Acknowledged entries are deleted from the stream.
+    wait_until("the stream is empty", Duration::from_secs(5), || {
+        stream_len(&redis, &prefix) == 0
+    })
+    .await;
+    // Status of an unknown id: 404; another app's key cannot read an app it may not use.
+    let r = get(&gw, "/v1/apps/oa/messages/nope", API_KEY).await;
+    assert_eq!((r.status, r.code()), (404, "message_not_found"));
+    let r = get(&gw, &location.replace("/oa/", "/mini/"), OA_ONLY_KEY).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    // The queue metrics are exposed.
+    let m = gw
+        .request(reqwest::Method::GET, "/metrics", None, None, "")
+        .await;
+    let text = m.body.as_str().unwrap();
+    assert!(
+        text.contains("wxgate_queue_drained_total{app=\"oa\",state=\"sent\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("wxgate_queue_depth"), "{text}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn async_bad_request_is_refused_and_nothing_is_queued() {
+    require_redis();
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let gw = spawn_with(Options {
+        extra_toml: queue_toml(&redis, &prefix, "callback_hosts = [\"hooks.example.com\"]"),
+        ..Default::default()
+    })
+    .await;
+    let mut bad = template_body();
+    bad.as_object_mut().unwrap().remove("touser");
+    let r = post_async(&gw, &bad, &[]).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = post_async(
+        &gw,
+        &template_body(),
+        &[("Callback-Url", "https://evil.example.net/hook")],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("Callback-Url"))
+    );
+    assert_eq!(stream_len(&redis, &prefix), 0);
+    assert!(gw.calls_to(paths::TEMPLATE_SEND).is_empty());
+    // An allowed host is accepted.
+    let r = post_async(
+        &gw,
+        &template_body(),
+        &[("Callback-Url", "https://hooks.example.com/wxgate")],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn async_backlog_full_answers_503_with_retry_after() {
+    require_redis();
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    // One send per minute: the first is sent, the next wait in the queue.
+    let gw = spawn_with(Options {
+        extra_toml: queue_toml(&redis, &prefix, "max_backlog = 2"),
+        oa_extra: "limits = { template_send = [{ limit = 1, window_ms = 60000 }] }".into(),
+        ..Default::default()
+    })
+    .await;
+    let first = post_async(&gw, &template_body(), &[]).await;
+    assert_eq!(first.status, 202);
+    let st = final_status(&gw, first.header("location").unwrap()).await;
+    assert_eq!(st["status"], "sent");
+    for _ in 0..2 {
+        assert_eq!(post_async(&gw, &template_body(), &[]).await.status, 202);
+    }
+    let r = post_async(&gw, &template_body(), &[]).await;
+    assert_eq!((r.status, r.code()), (503, "queue_full"), "{:?}", r.body);
+    let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(secs >= 1, "{secs}");
+    assert_eq!(stream_len(&redis, &prefix), 2);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn async_permanent_failure_is_dead_lettered_and_redriven() {
+    require_redis();
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let gw = spawn_with(Options {
+        extra_toml: queue_toml(&redis, &prefix, ""),
+        ..Default::default()
+    })
+    .await;
+    gw.wait_ready(Duration::from_secs(10)).await;
+    gw.fake_state().add_fault(Fault {
+        path: Some(paths::TEMPLATE_SEND.into()),
+        appid: None,
+        count: 1,
+        action: FaultAction::Errcode {
+            errcode: 40037,
+            errmsg: None,
+        },
+    });
+    let r = post_async(&gw, &template_body(), &[]).await;
+    assert_eq!(r.status, 202);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let st = final_status(&gw, r.header("location").unwrap()).await;
+    assert_eq!(st["status"], "failed", "{st:?}");
+    assert_eq!(st["error"]["wechat_errcode"], 40037, "{st:?}");
+    assert_eq!(st["error"]["retryable"], false);
+    // Listed by an operator (the send key may not).
+    let r = get(&gw, "/v1/admin/apps/oa/dlq", API_KEY).await;
+    assert_eq!(r.status, 403);
+    let r = get(&gw, "/v1/admin/apps/oa/dlq", OPS_KEY).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let letters = r.body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["id"], id.as_str());
+    assert_eq!(letters[0]["message"]["status"], "failed");
+    // Re-driven (the template is fixed now): sent, and out of the dead letters.
+    let r = gw
+        .request(
+            reqwest::Method::POST,
+            "/v1/admin/apps/oa/dlq/redrive",
+            Some(OPS_KEY),
+            Some(serde_json::json!({ "ids": [id] }).to_string()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["redriven"][0], id.as_str());
+    let st = final_status(&gw, &format!("/v1/apps/oa/messages/{id}")).await;
+    assert_eq!(st["status"], "sent", "{st:?}");
+    let r = get(&gw, "/v1/admin/apps/oa/dlq", OPS_KEY).await;
+    assert!(r.body["dead_letters"].as_array().unwrap().is_empty());
+    let sends = gw.calls_to(paths::TEMPLATE_SEND);
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends.iter().filter(|c| notified(c)).count(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn async_on_the_memory_store_is_501() {
+    let gw = spawn().await;
+    let r = post_async(&gw, &template_body(), &[]).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (501, "queue_unavailable"),
+        "{:?}",
+        r.body
+    );
+    assert!(gw.calls_to(paths::TEMPLATE_SEND).is_empty());
+    gw.stop().await;
+}
