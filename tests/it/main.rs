@@ -3,6 +3,7 @@
 mod cluster_drain;
 mod cluster_faults;
 mod cluster_limits;
+mod cluster_queue;
 mod cluster_tokens;
 mod drain;
 mod hardening;
