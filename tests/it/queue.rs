@@ -209,6 +209,36 @@ async fn async_permanent_failure_is_dead_lettered_and_redriven() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["id"], id.as_str());
     assert_eq!(letters[0]["message"]["status"], "failed");
+    // The same through the CLI.
+    let dir = temp_dir("dlq");
+    let cfg = dir.join("wxgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[apps.oa]\nappid = \"{}\"\nkind = \"official_account\"\nsecret = \"{}\"\n",
+            redis_store_toml(&redis.url(), &prefix, ""),
+            demo::OA_APPID,
+            demo::OA_SECRET
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["dlq", "list", "--json", "--config"])
+        .arg(&cfg)
+        .arg("oa")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["dead_letters"][0]["id"], id.as_str(), "{listed}");
+    assert_eq!(
+        listed["dead_letters"][0]["message"]["error"]["wechat_errcode"],
+        40037
+    );
     // Re-driven (the template is fixed now): sent, and out of the dead letters.
     let r = gw
         .request(

@@ -376,3 +376,32 @@ fn server_hardening_settings() {
         "server.request_timeout_ms",
     );
 }
+
+#[test]
+fn queue_section_defaults_and_validation() {
+    let s = Settings::from_toml_str(MINIMAL).unwrap();
+    assert!(s.queue.enabled);
+    assert_eq!(s.queue.max_backlog, 100_000);
+    assert_eq!(s.queue.concurrency, 8);
+    assert_eq!(s.queue.claim_idle, Duration::from_secs(30));
+    assert!(s.queue.callback_hosts.is_empty());
+    let s = Settings::from_toml_str(&format!(
+        "[queue]\nmax_backlog = 50\ncallback_hosts = [\"Hooks.Example.com:8443\"]\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(s.queue.max_backlog, 50);
+    assert_eq!(s.queue.callback_hosts, vec!["hooks.example.com:8443"]);
+    check_err(
+        &format!("[queue]\nconcurrency = 0\n{MINIMAL}"),
+        "queue.concurrency",
+    );
+    check_err(
+        &format!("[queue]\nmax_backlog = 0\n{MINIMAL}"),
+        "queue.max_backlog",
+    );
+    check_err(
+        &format!("[queue]\ncallback_hosts = [\"https://x/\"]\n{MINIMAL}"),
+        "queue.callback_hosts",
+    );
+    check_err(&format!("[queue]\nsurprise = 1\n{MINIMAL}"), "surprise");
+}

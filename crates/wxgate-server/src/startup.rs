@@ -295,6 +295,20 @@ impl Application {
     }
 }
 
+/// An engine on the configured store that runs nothing in the background: for the operator
+/// commands (`wxgate dlq`), which only read and move queue entries.
+pub fn offline_engine(settings: Settings, node_id: &str) -> Result<Engine, BuildError> {
+    let (store, local_share) = build_store(&settings, Arc::new(SystemClock))?;
+    Engine::new(
+        Arc::new(settings),
+        store,
+        Arc::new(SystemClock),
+        node_id.to_string(),
+        local_share,
+    )
+    .map_err(BuildError::Setup)
+}
+
 /// The configured store, and whether its limiter admits from a local share without it. With
 /// Redis, the limiter role alone is wrapped in the `on_unavailable` policy.
 fn build_store(

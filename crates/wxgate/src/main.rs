@@ -5,6 +5,7 @@
 //!   embedded fake WeChat holding demo apps, templates and a user; prints a ready `curl`.
 //! - `wxgate fake-wechat --listen ADDR [--config FILE]`: the fake WeChat alone.
 //! - `wxgate check-config FILE`: validates a configuration file; non-zero exit on error.
+//! - `wxgate dlq list|redrive --config FILE APP`: the dead letters of queued delivery.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use wxgate_server::{Application, BuildOptions};
 
 mod client_errors;
 mod dev;
+mod dlq;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +64,11 @@ enum Command {
         /// Fake WeChat configuration (TOML); default: the demo apps of `wxgate dev`.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Dead letters of queued delivery (Redis store): list them or put them back on the queue.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// Validate a configuration file and print what it configures (never the secrets).
     CheckConfig {
@@ -123,6 +130,7 @@ async fn main() -> ExitCode {
             fake_wechat(listen, config).await
         }
         Command::CheckConfig { file, online } => check_config(&file, online).await,
+        Command::Dlq { command } => dlq::run(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,6 +236,25 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
         (wxgate_config::StoreKind::Redis, None) => "Redis".to_string(),
     };
     println!("  store: {store}");
+    let q = &s.queue;
+    if !q.enabled {
+        println!("  queue: disabled (Prefer: respond-async answers 501)");
+    } else if s.store.kind == wxgate_config::StoreKind::Memory {
+        println!("  queue: needs the Redis store (Prefer: respond-async answers 501)");
+    } else {
+        println!(
+            "  queue: backlog up to {} per app, {} deliveries at once per node, claim after {} ms idle, {} attempts, callbacks to {}",
+            q.max_backlog,
+            q.concurrency,
+            q.claim_idle.as_millis(),
+            q.max_attempts,
+            if q.callback_hosts.is_empty() {
+                "no host".to_string()
+            } else {
+                q.callback_hosts.join(", ")
+            }
+        );
+    }
     for app in s.apps.values() {
         println!(
             "  app {}: appid {}, {}, token {}, secret from {}",
