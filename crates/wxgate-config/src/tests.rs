@@ -227,7 +227,7 @@ fn token_modes_scopes_and_leadership_settings() {
     check_err(
         &MINIMAL.replace(
             r#"apps = ["shop"]"#,
-            "apps = [\"shop\"]\nscopes = [\"admin\"]",
+            "apps = [\"shop\"]\nscopes = [\"superuser\"]",
         ),
         "api_keys.orders.scopes",
     );
