@@ -153,3 +153,51 @@ async fn a_lost_group_is_recreated_by_the_reader() {
     s.enqueue(APP, &req("x", None, 10)).await.unwrap();
     assert_eq!(s.read(APP, "n", 1, 20).await.unwrap()[0].id, "x");
 }
+
+/// The same protocol on a 3-master Redis Cluster: every key of the app in one slot (the
+/// `{appid}` hash tag), the blocking read on its own connection through the cluster client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_on_a_redis_cluster() {
+    wxgate_redis_testkit::require_redis();
+    let cluster = wxgate_redis_testkit::RedisCluster::start();
+    let s = RedisStore::new(RedisConfig {
+        topology: Topology::Cluster {
+            nodes: cluster.seed_urls(),
+        },
+        prefix: format!("q-{}", uuid::Uuid::new_v4().simple()),
+        username: None,
+        password: None,
+        sentinel_password: None,
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+        tls_ca_pem: None,
+    })
+    .unwrap();
+    s.ensure_group(APP).await.unwrap();
+    // An empty blocking read times out cleanly (the connection's timeout covers the block).
+    assert!(s.read(APP, "n1", 1, 300).await.unwrap().is_empty());
+    s.enqueue(APP, &req("m1", Some("k"), 10)).await.unwrap();
+    let got = s.read(APP, "n1", 5, 300).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(s
+        .finish(
+            APP,
+            &Finish {
+                entry: &got[0].entry,
+                id: "m1",
+                state: "failed",
+                msgid: None,
+                error: Some("{}"),
+                dead_letter: true,
+                ttl_ms: 60_000,
+                node: "n1",
+            },
+        )
+        .await
+        .unwrap());
+    let st = s.stats(APP).await.unwrap();
+    assert_eq!((st.depth, st.pending, st.dead_letters), (0, 0, 1));
+    let dl = s.dead_letters(APP, 10).await.unwrap();
+    assert!(s.redrive(APP, &dl[0], 60_000).await.unwrap());
+    assert_eq!(s.read(APP, "n2", 5, 300).await.unwrap()[0].id, "m1");
+}
