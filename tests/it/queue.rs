@@ -274,3 +274,90 @@ async fn async_on_the_memory_store_is_501() {
     assert!(gw.calls_to(paths::TEMPLATE_SEND).is_empty());
     gw.stop().await;
 }
+
+/// A one-shot HTTP receiver: the body of the first POST, answered 200.
+async fn receive_one_post(listener: tokio::net::TcpListener) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sock, _) = listener.accept().await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = sock.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed early");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                return serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn async_retryable_failure_is_retried_and_the_callback_gets_the_final_status() {
+    require_redis();
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let received = tokio::spawn(receive_one_post(hook));
+    let gw = spawn_with(Options {
+        extra_toml: queue_toml(
+            &redis,
+            &prefix,
+            &format!("callback_hosts = [\"127.0.0.1:{}\"]", hook_addr.port()),
+        ),
+        ..Default::default()
+    })
+    .await;
+    gw.wait_ready(Duration::from_secs(10)).await;
+    // WeChat busy for every retry of the first delivery (retry.max_attempts = 3).
+    gw.fake_state().add_fault(Fault {
+        path: Some(paths::TEMPLATE_SEND.into()),
+        appid: None,
+        count: 3,
+        action: FaultAction::Errcode {
+            errcode: -1,
+            errmsg: None,
+        },
+    });
+    let r = post_async(
+        &gw,
+        &template_body(),
+        &[("Callback-Url", &format!("http://{hook_addr}/wxgate-done"))],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // The entry stays pending after the first delivery fails, and is claimed again once idle.
+    let st = final_status(&gw, r.header("location").unwrap()).await;
+    assert_eq!(st["status"], "sent", "{st:?}");
+    assert_eq!(st["attempts"], 2, "{st:?}");
+    let sends = gw.calls_to(paths::TEMPLATE_SEND);
+    assert_eq!(sends.len(), 4);
+    assert_eq!(sends.iter().filter(|c| notified(c)).count(), 1);
+    // Every attempt carried the same client_msg_id (WeChat de-duplicates repeats).
+    let cmids: std::collections::HashSet<_> =
+        sends.iter().map(|c| c.client_msg_id.clone()).collect();
+    assert_eq!(cmids.len(), 1, "{cmids:?}");
+    let posted = tokio::time::timeout(Duration::from_secs(10), received)
+        .await
+        .expect("the callback arrives")
+        .unwrap();
+    assert_eq!(posted["id"], id.as_str());
+    assert_eq!(posted["status"], "sent");
+    assert_eq!(posted["msgid"], st["msgid"]);
+    gw.stop().await;
+}

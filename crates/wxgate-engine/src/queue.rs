@@ -498,6 +498,10 @@ impl Engine {
         };
         match delivery.result {
             Ok(sent) => {
+                let attempts = (msg.attempts + 1).to_string();
+                if let Err(e) = q.update(appid, id, &[("attempts", attempts)]).await {
+                    tracing::warn!(app = %app.name, error = %e, "cannot count a delivery");
+                }
                 self.finish(
                     app,
                     q,
