@@ -96,6 +96,9 @@ async fn async_send_is_accepted_then_sent_once() {
     assert_eq!((r.status, r.code()), (404, "message_not_found"));
     let r = get(&gw, &location.replace("/oa/", "/mini/"), OA_ONLY_KEY).await;
     assert_eq!(r.status, 404, "{:?}", r.body);
+    // Only the key that enqueued it sees it.
+    let r = get(&gw, &location, OA_ONLY_KEY).await;
+    assert_eq!((r.status, r.code()), (404, "message_not_found"));
     // The queue metrics are exposed.
     let m = gw
         .request(reqwest::Method::GET, "/metrics", None, None, "")

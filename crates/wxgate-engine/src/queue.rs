@@ -224,16 +224,29 @@ impl Engine {
         }
     }
 
-    /// The status of queued message `id` of `app`, while kept (the idempotency TTL).
+    /// The status of queued message `id` of `app`, while kept (the idempotency TTL), as the API
+    /// key named `caller` may see it: only the key that enqueued it (else `None`, as unknown).
     pub async fn message_status(
         &self,
         app: &App,
         id: &str,
+        caller: &str,
     ) -> Result<Option<MessageStatus>, EnqueueError> {
         let q = self.queue()?;
-        Ok(q.message(&app.appid, id)
-            .await?
-            .map(|m| MessageStatus::of(id, &m)))
+        let Some(m) = q.message(&app.appid, id).await? else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Owner {
+            caller: String,
+        }
+        let owner = serde_json::from_str::<Owner>(&m.payload)
+            .ok()
+            .map(|o| o.caller);
+        if owner.as_deref() != Some(caller) {
+            return Ok(None);
+        }
+        Ok(Some(MessageStatus::of(id, &m)))
     }
 
     /// Depth, pending, oldest entry age and dead letters of `app`'s queue (for `inspect`).

@@ -109,7 +109,8 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// `GET /v1/apps/{app}/messages/{id}`: `queued` / `sending` / `sent` (with `msgid`) /
-/// `failed` (with the classified error), while kept (the idempotency TTL). Scope `send`.
+/// `failed` (with the classified error), while kept (the idempotency TTL). Scope `send`, and
+/// only the key that enqueued it (another key gets 404, as for an unknown id).
 pub async fn message_status(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -117,7 +118,7 @@ pub async fn message_status(
 ) -> HttpResponse {
     let (app, id) = path.into_inner();
     let result = async {
-        let (app, _) = resolve_caller(&req, &state, &app, Scope::Send)?;
+        let (app, caller) = resolve_caller(&req, &state, &app, Scope::Send)?;
         let not_found = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -128,7 +129,7 @@ pub async fn message_status(
         if !valid_id(&id) {
             return Err(not_found());
         }
-        match state.engine.message_status(app, &id).await {
+        match state.engine.message_status(app, &id, caller).await {
             Ok(Some(st)) => Ok(HttpResponse::Ok().json(st)),
             Ok(None) => Err(not_found()),
             Err(e) => Err(queue_error(e)),
