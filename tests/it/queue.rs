@@ -364,3 +364,40 @@ async fn async_retryable_failure_is_retried_and_the_callback_gets_the_final_stat
     assert_eq!(posted["msgid"], st["msgid"]);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn async_attempts_exhausted_is_failed_and_dead_lettered() {
+    require_redis();
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let gw = spawn_with(Options {
+        extra_toml: queue_toml(&redis, &prefix, "max_attempts = 2"),
+        ..Default::default()
+    })
+    .await;
+    gw.wait_ready(Duration::from_secs(10)).await;
+    // WeChat busy for every call of two deliveries (3 calls each).
+    gw.fake_state().add_fault(Fault {
+        path: Some(paths::TEMPLATE_SEND.into()),
+        appid: None,
+        count: 6,
+        action: FaultAction::Errcode {
+            errcode: -1,
+            errmsg: None,
+        },
+    });
+    let r = post_async(&gw, &template_body(), &[]).await;
+    assert_eq!(r.status, 202);
+    let st = final_status(&gw, r.header("location").unwrap()).await;
+    assert_eq!(st["status"], "failed", "{st:?}");
+    assert_eq!(st["attempts"], 2, "{st:?}");
+    assert_eq!(st["error"]["code"], "upstream_unavailable", "{st:?}");
+    assert_eq!(st["error"]["wechat_errcode"], -1);
+    let r = get(&gw, "/v1/admin/apps/oa/dlq", OPS_KEY).await;
+    assert_eq!(r.body["dead_letters"].as_array().unwrap().len(), 1);
+    assert!(gw
+        .calls_to(paths::TEMPLATE_SEND)
+        .iter()
+        .all(|c| !notified(c)));
+    gw.stop().await;
+}
