@@ -154,12 +154,16 @@ async fn async_backlog_full_answers_503_with_retry_after() {
     require_redis();
     let redis = RedisServer::start();
     let prefix = unique_prefix();
-    // One send per minute: the first is sent, the next wait in the queue.
-    let gw = spawn_with(Options {
-        extra_toml: queue_toml(&redis, &prefix, "max_backlog = 2"),
-        oa_extra: "limits = { template_send = [{ limit = 1, window_ms = 60000 }] }".into(),
-        ..Default::default()
-    })
+    // One send per minute: the first is sent, the next wait in the queue. (At stop, the node
+    // waits server.shutdown_timeout_secs for the delivery waiting on its permit: 1 s here.)
+    let gw = spawn_with_edit(
+        Options {
+            extra_toml: queue_toml(&redis, &prefix, "max_backlog = 2"),
+            oa_extra: "limits = { template_send = [{ limit = 1, window_ms = 60000 }] }".into(),
+            ..Default::default()
+        },
+        |t| t.replacen("[server]\n", "[server]\nshutdown_timeout_secs = 1\n", 1),
+    )
     .await;
     let first = post_async(&gw, &template_body(), &[]).await;
     assert_eq!(first.status, 202);

@@ -350,15 +350,39 @@ impl Engine {
         }
     }
 
+    /// One app's worker on this node; at shutdown, waits (up to `server.shutdown_timeout`) for
+    /// the deliveries in flight, so a stopping node finishes what it holds rather than leaving
+    /// it to be claimed after `queue.claim_idle_ms`.
     async fn run_worker(
         self: Arc<Self>,
         app: App,
         q: Arc<dyn Queue>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let n = self.settings.queue.concurrency;
+        let slots = Arc::new(tokio::sync::Semaphore::new(n));
+        self.clone()
+            .worker_loop(app.clone(), q, slots.clone(), shutdown)
+            .await;
+        let wait = self.settings.server.shutdown_timeout;
+        let all = u32::try_from(n).unwrap_or(u32::MAX);
+        if tokio::time::timeout(wait, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(app = %app.name, "queue deliveries still running at shutdown; their entries will be claimed by another node");
+        }
+    }
+
+    async fn worker_loop(
+        self: Arc<Self>,
+        app: App,
+        q: Arc<dyn Queue>,
+        slots: Arc<tokio::sync::Semaphore>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let cfg = self.settings.queue.clone();
         let consumer = self.node_id.clone();
-        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
         let claim_idle_ms = cfg.claim_idle.as_millis() as u64;
         let block_ms = cfg.block.as_millis() as u64;
         while let Err(e) = q.ensure_group(&app.appid).await {
