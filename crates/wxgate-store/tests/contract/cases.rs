@@ -749,12 +749,64 @@ async fn keys_are_readable_namespaced_and_expire() {
         server.cli(&["HGET", &expect("quota:template_send"), "used"]),
         "1"
     );
+    let now = s.now_ms().await.unwrap();
+    assert_eq!(
+        server.cli(&["HGET", &expect("quota:template_send"), "day"]),
+        wxgate_protocol::time::beijing_yyyymmdd(now)
+    );
+    assert_eq!(
+        server.cli(&["HGET", &expect("quota:template_send"), "dn"]),
+        wxgate_protocol::time::beijing_day(now).to_string()
+    );
     assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
     assert_eq!(server.cli(&["HGET", &expect("epoch"), "seq"]), "1");
     assert_eq!(
         server.cli(&["GET", &expect("block:template_send")]),
         "45011"
     );
+}
+
+/// A quota hash without `dn` (written by a version that kept only `day`) still counts for its
+/// day: an upgrade in the middle of a day must not hand out the day's quota again. A hash of
+/// another day starts the count afresh.
+#[tokio::test]
+async fn quota_hashes_of_today_without_a_day_number_keep_counting() {
+    require_redis();
+    let server = RedisServer::start();
+    let p = prefix();
+    let s = redis_store(Topology::Standalone { url: server.url() }, &p);
+    let app = "wx0123456789abcdef";
+    let key = format!("{p}:{{{app}}}:quota:template_send");
+    let now = s.now_ms().await.unwrap();
+    let today = wxgate_protocol::time::beijing_yyyymmdd(now);
+    let q = [DailyQuota {
+        api: Api::TemplateSend,
+        limit: 9,
+    }];
+    server.cli(&["HSET", &key, "day", &today, "used", "8"]);
+    assert!(matches!(
+        acquire(&*s, app, &[], &q, &[]).await,
+        Acquire::Granted { .. }
+    ));
+    assert_eq!(server.cli(&["HGET", &key, "used"]), "9");
+    assert!(matches!(
+        acquire(&*s, app, &[], &q, &[]).await,
+        Acquire::Blocked {
+            cause: BlockCause::Quota { .. },
+            ..
+        }
+    ));
+    // Yesterday's count (with or without its day number) does not count today.
+    let yesterday = wxgate_protocol::time::beijing_yyyymmdd(now - 86_400_000);
+    let dn = (wxgate_protocol::time::beijing_day(now) - 1).to_string();
+    server.cli(&["DEL", &key]);
+    server.cli(&["HSET", &key, "day", &yesterday, "dn", &dn, "used", "9"]);
+    assert!(matches!(
+        acquire(&*s, app, &[], &q, &[]).await,
+        Acquire::Granted { .. }
+    ));
+    assert_eq!(server.cli(&["HGET", &key, "used"]), "1");
+    assert_eq!(server.cli(&["HGET", &key, "day"]), today);
 }
 
 #[tokio::test]
