@@ -96,8 +96,8 @@ if blocked_until > 0 then
   return {3, loss, blocked_until, kind, index, errcode}
 end
 
--- 2. Sliding logs: drop what left the window, then count. A window held after a state loss
--- counts as full until every lost grant has left it.
+-- 2. Sliding logs: count, and drop what left the window only when it looks full. A window
+-- held after a state loss counts as full until every lost grant has left it.
 local wait_ms, wait_index, held = 0, 0, 0
 for i = 1, nl do
   local key = KEYS[1 + nb + nq + i]
@@ -110,8 +110,13 @@ for i = 1, nl do
       wait_ms, wait_index, held = w, i, 1
     end
   end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_us - span_us)
+  -- A window far from full needs no pruning: counting every entry, expired or not, already
+  -- shows room. Only a window that looks full drops what left it, then counts again; so a log
+  -- never holds more than `limit` entries (plus those that expire with the key).
   local count = redis.call('ZCARD', key)
+  if count >= limit then
+    count = count - redis.call('ZREMRANGEBYSCORE', key, '-inf', now_us - span_us)
+  end
   if count >= limit then
     local w = span_us
     if limit > 0 then
