@@ -18,6 +18,7 @@
 //! taken on typed values (errcode classes, store causes), never on an error's text.
 
 pub mod idempotency;
+pub mod inspect;
 pub mod message;
 pub mod metrics;
 pub mod outcome;

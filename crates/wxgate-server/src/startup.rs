@@ -283,11 +283,35 @@ fn build_store(
     clock: Arc<dyn Clock>,
 ) -> Result<(SharedState, bool), BuildError> {
     let st = &settings.store;
+    let store = open_store(settings, clock)?;
     match st.kind {
-        StoreKind::Memory => {
-            let memory: Arc<dyn Store> = Arc::new(MemoryStore::with_clock(clock));
-            Ok((SharedState::new(memory), false))
+        StoreKind::Memory => Ok((SharedState::new(store), false)),
+        StoreKind::Redis => {
+            let policy = match st.on_unavailable {
+                OnUnavailable::FailClosed => fallback::OnUnavailable::FailClosed,
+                OnUnavailable::LocalShare => fallback::OnUnavailable::LocalShare {
+                    expected_replicas: st.expected_replicas,
+                },
+            };
+            let limiter = FallbackLimiter::new(store.clone(), policy);
+            let local_share = limiter.admits_without_store();
+            Ok((
+                SharedState::new(store).with_limiter(Arc::new(limiter)),
+                local_share,
+            ))
         }
+    }
+}
+
+/// The configured store itself, without a fallback policy: what `serve` builds on, and what
+/// `wxgate inspect` reads.
+pub fn open_store(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Store>, BuildError> {
+    let st = &settings.store;
+    match st.kind {
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::with_clock(clock))),
         StoreKind::Redis => {
             let r = st
                 .redis
@@ -320,19 +344,7 @@ fn build_store(
                 tls_ca_pem: r.tls_ca_pem.clone(),
             })
             .map_err(|e| BuildError::Setup(e.to_string()))?;
-            let policy = match st.on_unavailable {
-                OnUnavailable::FailClosed => fallback::OnUnavailable::FailClosed,
-                OnUnavailable::LocalShare => fallback::OnUnavailable::LocalShare {
-                    expected_replicas: st.expected_replicas,
-                },
-            };
-            let redis: Arc<dyn Store> = Arc::new(redis);
-            let limiter = FallbackLimiter::new(redis.clone(), policy);
-            let local_share = limiter.admits_without_store();
-            Ok((
-                SharedState::new(redis).with_limiter(Arc::new(limiter)),
-                local_share,
-            ))
+            Ok(Arc::new(redis))
         }
     }
 }

@@ -16,6 +16,8 @@
 //!   Sentinel or Cluster Redis; [`keys::Keys`] names every key it touches.
 //! - [`fallback::FallbackLimiter`]: what happens to `acquire` when Redis is unreachable (fail
 //!   closed by default, or a local share of each limit).
+//! - [`inspect`]: reading an app's state for operators ([`inspect::Inspect`]), read-only but
+//!   for lifting a pause by hand.
 //! - [`clock`]: where "now" comes from. The Redis backend uses Redis `TIME` inside its scripts;
 //!   the memory backend a [`clock::Clock`] that tests can move by hand.
 //!
@@ -24,6 +26,7 @@
 
 pub mod clock;
 pub mod fallback;
+pub mod inspect;
 pub mod keys;
 pub mod memory;
 pub mod redis_store;
@@ -461,9 +464,16 @@ pub trait Cache: Send + Sync {
 }
 
 /// A backend that plays every role. Implementations must make every method atomic.
-pub trait Store: Health + TokenStore + Limiter + Leases + Idempotency + Cache + 'static {}
+pub trait Store:
+    Health + TokenStore + Limiter + Leases + Idempotency + Cache + inspect::Inspect + 'static
+{
+}
 
-impl<T: Health + TokenStore + Limiter + Leases + Idempotency + Cache + 'static> Store for T {}
+impl<
+        T: Health + TokenStore + Limiter + Leases + Idempotency + Cache + inspect::Inspect + 'static,
+    > Store for T
+{
+}
 
 /// Each role of the shared state, for the code that uses it.
 #[derive(Clone)]
@@ -474,6 +484,7 @@ pub struct SharedState {
     pub leases: Arc<dyn Leases>,
     pub idempotency: Arc<dyn Idempotency>,
     pub cache: Arc<dyn Cache>,
+    pub inspect: Arc<dyn inspect::Inspect>,
 }
 
 impl SharedState {
@@ -485,7 +496,8 @@ impl SharedState {
             limiter: store.clone(),
             leases: store.clone(),
             idempotency: store.clone(),
-            cache: store,
+            cache: store.clone(),
+            inspect: store,
         }
     }
 

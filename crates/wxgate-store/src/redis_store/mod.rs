@@ -37,6 +37,7 @@ pub(crate) struct Scripts {
     idem_complete: Script,
     idem_release: Script,
     external_token_read: Script,
+    inspect: Script,
 }
 
 impl Scripts {
@@ -55,6 +56,7 @@ impl Scripts {
             idem_complete: Script::new(include_str!("../lua/idem_complete.lua")),
             idem_release: Script::new(include_str!("../lua/idem_release.lua")),
             external_token_read: Script::new(include_str!("../lua/external_token_read.lua")),
+            inspect: Script::new(include_str!("../lua/inspect.lua")),
         }
     }
 }

@@ -400,3 +400,129 @@ impl Cache for RedisStore {
         Ok(())
     }
 }
+
+#[async_trait]
+impl crate::inspect::Inspect for RedisStore {
+    async fn inspect_app(
+        &self,
+        q: &crate::inspect::InspectQuery<'_>,
+    ) -> Result<crate::inspect::AppStateRead, StoreError> {
+        use crate::inspect::{AppStateRead, BoundedCount, PauseInfo, TokenInfo, WindowUse};
+        let app = q.appid;
+        let mut inv = self.scripts.inspect.prepare_invoke();
+        inv.key(self.keys.token(app))
+            .key(self.keys.leader(app))
+            .key(self.keys.fence(app))
+            .key(self.keys.epoch(app));
+        for (api, _, window_ms) in q.windows {
+            inv.key(self.keys.window(app, api.as_str(), *window_ms));
+        }
+        for quota in q.quotas {
+            inv.key(self.keys.quota(app, quota.api.as_str()));
+        }
+        for api in q.blocks {
+            inv.key(self.keys.block(app, api.as_str()));
+        }
+        inv.arg(q.windows.len())
+            .arg(q.quotas.len())
+            .arg(q.blocks.len())
+            .arg(q.guard_ms)
+            .arg(q.scan_limit.max(1))
+            .arg(self.keys.idempotency_pattern(app))
+            .arg(
+                q.recipient_window_ms
+                    .map(|w| self.keys.recipient_window_pattern(app, w))
+                    .unwrap_or_default(),
+            );
+        for (_, limit, window_ms) in q.windows {
+            inv.arg(*limit).arg(*window_ms);
+        }
+        let v: Vec<Value> = self.conn.run(&inv).await?;
+        let bad = || protocol("inspect", v.len());
+        let s = |i: usize| v.get(i).and_then(as_string).ok_or_else(bad);
+        let n = |i: usize| v.get(i).and_then(as_u64).ok_or_else(bad);
+        let int = |i: usize| match v.get(i) {
+            Some(Value::Int(x)) => Ok(*x),
+            _ => Err(bad()),
+        };
+        let now_ms = n(0)?;
+        // The token is masked here, before anything else sees it.
+        let token = match s(1)?.as_str() {
+            "" => None,
+            t => Some(TokenInfo {
+                masked: crate::mask(t),
+                expires_at_ms: n(2).unwrap_or(0),
+                fence: n(3).unwrap_or(0),
+                node: s(4)?,
+                fetched_at_ms: n(5).unwrap_or(0),
+                source: match s(6)?.as_str() {
+                    "classic" => TokenSource::Classic,
+                    "external" => TokenSource::External,
+                    _ => TokenSource::Stable,
+                },
+            }),
+        };
+        let leader = match s(7)?.as_str() {
+            "" => None,
+            node => Some((node.to_string(), u64::try_from(int(8)?).unwrap_or(0))),
+        };
+        let fence = n(9).ok();
+        let grant_seq = n(10)?;
+        let lost_at_ms = Some(n(11)?).filter(|t| *t > 0);
+        let mut i = 12;
+        let mut windows = Vec::with_capacity(q.windows.len());
+        for _ in q.windows {
+            windows.push(WindowUse {
+                used: n(i)?,
+                frees_in_ms: n(i + 1)?,
+            });
+            i += 2;
+        }
+        let today = wxgate_protocol::time::beijing_yyyymmdd(now_ms);
+        let mut quotas_used = Vec::with_capacity(q.quotas.len());
+        for _ in q.quotas {
+            quotas_used.push(if s(i)? == today { n(i + 1)? } else { 0 });
+            i += 2;
+        }
+        let mut pauses = Vec::new();
+        for api in q.blocks {
+            let pttl = int(i + 1)?;
+            if pttl > 0 {
+                pauses.push(PauseInfo {
+                    api: *api,
+                    // A pause set by an older version holds text: errcode 0 (unknown).
+                    errcode: s(i)?.parse().unwrap_or(0),
+                    until_ms: now_ms + pttl as u64,
+                });
+            }
+            i += 2;
+        }
+        let counted = |i: usize| -> Result<BoundedCount, StoreError> {
+            Ok(BoundedCount {
+                count: n(i)?,
+                capped: n(i + 1)? == 1,
+            })
+        };
+        Ok(AppStateRead {
+            now_ms,
+            token,
+            fence,
+            leader,
+            windows,
+            quotas_used,
+            pauses,
+            idempotency_records: counted(i)?,
+            recipients_with_window: counted(i + 2)?,
+            grant_seq,
+            lost_at_ms,
+        })
+    }
+
+    async fn lift_pause(&self, appid: &str, api: Api) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .conn
+            .cmd(redis::cmd("DEL").arg(self.keys.block(appid, api.as_str())))
+            .await?;
+        Ok(n == 1)
+    }
+}
