@@ -2,6 +2,7 @@
 
 mod cluster_drain;
 mod cluster_faults;
+mod cluster_inspect;
 mod cluster_limits;
 mod cluster_tokens;
 mod drain;

@@ -153,6 +153,17 @@ impl Application {
                         .route(web::post().to(routes::invalidate_token))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
+                // The admin API (scope `admin`).
+                .service(
+                    web::resource("/v1/admin/apps/{app}/state")
+                        .route(web::get().to(routes::admin_app_state))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/admin/apps/{app}/blocks/{api}")
+                        .route(web::delete().to(routes::admin_lift_block))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
                 .route("/healthz", web::get().to(routes::healthz))
                 .route("/metrics", web::get().to(routes::metrics))
                 .route("/readyz", web::get().to(routes::readyz))

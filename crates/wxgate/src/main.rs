@@ -287,6 +287,7 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
             .map(|sc| match sc {
                 wxgate_config::Scope::Send => "send",
                 wxgate_config::Scope::Token => "token",
+                wxgate_config::Scope::Admin => "admin",
             })
             .collect();
         println!(
