@@ -132,6 +132,7 @@ impl Application {
             ActixApp::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(drain::middleware))
+                .wrap(middleware::from_fn(crate::http_metrics::middleware))
                 .wrap(middleware::from_fn(request_id::middleware))
                 .service(
                     web::resource("/v1/apps/{app}/messages/template")

@@ -23,7 +23,8 @@ pub struct InspectQuery<'a> {
     pub recipient_window_ms: Option<u64>,
     /// The limiter's guard (a window keeps each grant `window_ms + guard_ms`).
     pub guard_ms: u64,
-    /// At most this many keys are examined when counting idempotency records and recipients.
+    /// At most this many keys are examined when counting idempotency records and recipients
+    /// (0: not counted; the counts say 0, capped).
     pub scan_limit: u64,
 }
 

@@ -319,11 +319,21 @@ pub enum IdemClaim {
     Done { request_id: String, result: String },
 }
 
+/// Told of every store operation (the engine's metrics), so this crate needs no metrics crate.
+pub trait StoreObserver: Send + Sync {
+    /// `script` names the operation (the Lua file's name, or the command's role).
+    fn observe(&self, script: &'static str, seconds: f64, ok: bool);
+}
+
 /// The store's clock and liveness.
 #[async_trait]
 pub trait Health: Send + Sync {
     /// Short name of the backend for logs and `/readyz` ("memory", "redis").
     fn backend(&self) -> &'static str;
+
+    /// Reports every later operation to `observer` (the first observer set stays). Backends
+    /// with nothing worth timing ignore it.
+    fn set_observer(&self, _observer: Arc<dyn StoreObserver>) {}
 
     /// The store's clock in unix ms; all nodes that share a store share this clock.
     async fn now_ms(&self) -> Result<u64, StoreError>;

@@ -15,7 +15,8 @@
 --
 -- Windows are counted (ZCOUNT inside window + guard), never trimmed. The two counts are a
 -- bounded SCAN of this node (the one owning the app's slot, in a Cluster): at most
--- scan_limit keys are examined; capped = 1 when it stopped early.
+-- scan_limit keys are examined; capped = 1 when it stopped early (scan_limit 0: no scan, 0
+-- counted, capped).
 local nw, nq, nb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local guard_us = tonumber(ARGV[4]) * 1000
 local scan_limit = tonumber(ARGV[5])
@@ -70,6 +71,9 @@ end
 local function count(pattern)
   if pattern == '' then
     return 0, 0
+  end
+  if scan_limit <= 0 then
+    return 0, 1
   end
   local cursor, n, seen = '0', 0, 0
   repeat
