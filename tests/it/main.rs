@@ -5,6 +5,7 @@ mod cluster_faults;
 mod cluster_inspect;
 mod cluster_limits;
 mod cluster_tokens;
+mod dashboard;
 mod drain;
 mod hardening;
 mod limits;
