@@ -122,7 +122,7 @@ async fn cluster_inspect_shows_the_known_state_and_no_secret() {
 
     let json_out = inspect(&config, true);
     let table = inspect(&config, false);
-    eprintln!("wxgate inspect oa:\n{table}");
+    eprintln!("wxgate inspect oa:\n{table}\nwxgate inspect --json oa:\n{json_out}");
     let s: Value = serde_json::from_str(json_out.trim()).expect("one JSON line");
     assert_eq!(s["schema_version"], 1);
     assert_eq!(s["app"], "oa");
