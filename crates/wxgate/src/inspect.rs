@@ -153,11 +153,7 @@ pub fn table(s: &AppState) -> String {
         row(&mut o, "windows", "none configured".into());
     }
     for w in &s.windows {
-        let pct = if w.limit == 0 {
-            100
-        } else {
-            w.used * 100 / w.limit
-        };
+        let pct = (w.used * 100).checked_div(w.limit).unwrap_or(100);
         let next = if w.next_free_in_ms == 0 {
             "a permit is free now".to_string()
         } else {
