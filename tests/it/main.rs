@@ -2,8 +2,10 @@
 
 mod cluster_drain;
 mod cluster_faults;
+mod cluster_inspect;
 mod cluster_limits;
 mod cluster_tokens;
+mod dashboard;
 mod drain;
 mod hardening;
 mod limits;

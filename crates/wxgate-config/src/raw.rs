@@ -407,6 +407,8 @@ pub enum Scope {
     Send,
     /// `GET /v1/apps/{app}/access_token` and `.../access_token/invalidate`.
     Token,
+    /// `GET /v1/admin/apps/{app}/state` and `DELETE /v1/admin/apps/{app}/blocks/{api}`.
+    Admin,
 }
 
 fn valid_name(s: &str) -> bool {

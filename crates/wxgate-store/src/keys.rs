@@ -86,6 +86,23 @@ impl Keys {
     pub fn idempotency(&self, appid: &str, key: &str) -> String {
         self.app(appid, &format!("idem:{key}"))
     }
+
+    /// `SCAN MATCH` pattern of every idempotency record of the app.
+    pub fn idempotency_pattern(&self, appid: &str) -> String {
+        format!(
+            "{}*",
+            crate::inspect::glob_escape(&self.idempotency(appid, ""))
+        )
+    }
+
+    /// `SCAN MATCH` pattern of every recipient's window of length `window_ms` (one key per
+    /// recipient with a live window).
+    pub fn recipient_window_pattern(&self, appid: &str, window_ms: u64) -> String {
+        format!(
+            "{}*:{window_ms}",
+            crate::inspect::glob_escape(&self.app(appid, "rl:user:"))
+        )
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +126,11 @@ mod tests {
         );
         assert_eq!(k.idempotency("wx1", "order-1"), "wxgate:{wx1}:idem:order-1");
         assert_eq!(k.epoch("wx1"), "wxgate:{wx1}:epoch");
+        assert_eq!(k.idempotency_pattern("wx1"), "wxgate:{wx1}:idem:*");
+        assert_eq!(
+            k.recipient_window_pattern("wx1", 1000),
+            "wxgate:{wx1}:rl:user:*:1000"
+        );
         assert!(Keys::new("a{b}").is_err());
         assert!(Keys::new("").is_err());
     }

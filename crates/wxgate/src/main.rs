@@ -5,6 +5,8 @@
 //!   embedded fake WeChat holding demo apps, templates and a user; prints a ready `curl`.
 //! - `wxgate fake-wechat --listen ADDR [--config FILE]`: the fake WeChat alone.
 //! - `wxgate check-config FILE`: validates a configuration file; non-zero exit on error.
+//! - `wxgate inspect --config FILE [APP...]`: the apps' shared state (token, leader, windows,
+//!   quotas, pauses, counts) as a table, `--json` or `--watch`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use wxgate_server::{Application, BuildOptions};
 
 mod client_errors;
 mod dev;
+mod inspect;
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +74,23 @@ enum Command {
         #[arg(long)]
         online: bool,
     },
+    /// Show the apps' shared state: token (masked), leader, windows, quotas, pauses, counts.
+    Inspect {
+        /// Configuration file (TOML); WXGATE_* environment variables override it.
+        #[arg(long, short, env = "WXGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// App names (default: every configured app).
+        apps: Vec<String>,
+        /// One JSON object per app and line (the shape of GET /v1/admin/apps/{app}/state).
+        #[arg(long)]
+        json: bool,
+        /// Redraw every SECONDS (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+        /// Examine at most this many keys when counting idempotency records and recipients.
+        #[arg(long, default_value_t = wxgate_engine::inspect::DEFAULT_SCAN_LIMIT)]
+        scan_limit: u64,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -123,6 +143,24 @@ async fn main() -> ExitCode {
             fake_wechat(listen, config).await
         }
         Command::CheckConfig { file, online } => check_config(&file, online).await,
+        Command::Inspect {
+            config,
+            apps,
+            json,
+            watch,
+            scan_limit,
+        } => {
+            inspect::run(
+                config.as_deref(),
+                inspect::Options {
+                    apps,
+                    json,
+                    watch,
+                    scan_limit,
+                },
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -249,6 +287,7 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
             .map(|sc| match sc {
                 wxgate_config::Scope::Send => "send",
                 wxgate_config::Scope::Token => "token",
+                wxgate_config::Scope::Admin => "admin",
             })
             .collect();
         println!(

@@ -37,6 +37,7 @@ pub(crate) struct Scripts {
     idem_complete: Script,
     idem_release: Script,
     external_token_read: Script,
+    inspect: Script,
 }
 
 impl Scripts {
@@ -55,6 +56,7 @@ impl Scripts {
             idem_complete: Script::new(include_str!("../lua/idem_complete.lua")),
             idem_release: Script::new(include_str!("../lua/idem_release.lua")),
             external_token_read: Script::new(include_str!("../lua/external_token_read.lua")),
+            inspect: Script::new(include_str!("../lua/inspect.lua")),
         }
     }
 }
@@ -64,6 +66,7 @@ pub struct RedisStore {
     keys: Keys,
     scripts: Arc<Scripts>,
     conn: RedisConn,
+    observer: std::sync::OnceLock<Arc<dyn crate::StoreObserver>>,
 }
 
 impl RedisStore {
@@ -78,7 +81,22 @@ impl RedisStore {
             keys,
             scripts: Arc::new(Scripts::new()),
             conn: RedisConn::new(cfg),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Runs one store operation, reporting its latency and failure to the observer.
+    async fn timed<T>(
+        &self,
+        script: &'static str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let r = op.await;
+        if let Some(o) = self.observer.get() {
+            o.observe(script, started.elapsed().as_secs_f64(), r.is_ok());
+        }
+        r
     }
 
     pub fn keys(&self) -> &Keys {
