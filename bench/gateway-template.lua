@@ -23,5 +23,6 @@ end
 
 done = function(summary, latency, requests)
   io.write(string.format("non-200 answers: %d\n", bad))
+  io.write(string.format("requests %d\n", summary.requests))
   io.write(string.format("p50 %.2f ms, p99 %.2f ms\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end

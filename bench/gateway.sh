@@ -1,29 +1,49 @@
 #!/usr/bin/env bash
-# Gateway throughput benchmark (not a test): release wxgate in front of the fake WeChat, on this
-# machine's loopback, loaded by wrk. Prints req/s and latency for:
-#   1. the fake WeChat alone (the upstream's ceiling),
-#   2. template sends through one gateway node (memory store), logs at warn,
-#   3. the same with info logs (one JSON line per send) written to a file,
-#   4. with the shared state in a local redis-server (one acquire script per send),
-#   5. the same with limits configured (app window, per-recipient window, daily quota),
-#   6. the "bare hop" floor of toolbox.md §6 (crates/wxgate-server/examples/bare_hop.rs) against
-#      the same fake and Redis: parse JSON, one EVALSHA, one upstream POST.
-# Usage: bash bench/gateway.sh [DURATION_SECS] [CONNECTIONS]
+# Gateway throughput benchmark (not a test): release wxgate on this machine's loopback, loaded by
+# wrk (template sends, a new openid per request), every variant reported as a ratio of the "bare
+# hop" measured in the same run (crates/wxgate-server/examples/bare_hop.rs: parse the JSON, one
+# sliding-log EVALSHA, one upstream POST, answer — the floor of any gateway with shared limits).
+#
+# Variants, in each round:
+#   hop            the bare hop (measured first and last in each round; the ratio uses their mean)
+#   memory         one gateway node, memory store, logs at warn
+#   memory-info    the same with info logs (one JSON line per send) written to a file
+#   redis          shared state in a local redis-server, no limits (one acquire script: the blocks)
+#   redis-limits   the same with an app window, a per-recipient window and a daily quota
+# and, for the Redis variants, Redis commands per send (INFO commandstats, scripts' inner
+# commands included, divided by the sends wrk completed).
+#
+# Upstream: UPSTREAM=zero (default: crates/wxgate-fake-wechat/examples/zero.rs, answers without
+# parsing or recording, so its own cost does not hide the gateway's) or UPSTREAM=fake (the full
+# fake WeChat; its record is checked for non-zero errcodes at the end).
+#
+# Usage: [UPSTREAM=zero|fake] bash bench/gateway.sh [DURATION_SECS=5] [CONNECTIONS=32] [ROUNDS=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dur=${1:-5}; conns=${2:-32}
+dur=${1:-5}; conns=${2:-32}; rounds=${3:-1}; upstream=${UPSTREAM:-zero}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 cargo build --release -q -p wxgate
 cargo build --release -q -p wxgate-server --example bare_hop
-bin=${CARGO_TARGET_DIR:-target}/release/wxgate
+cargo build --release -q -p wxgate-fake-wechat --example zero
+target=${CARGO_TARGET_DIR:-target}/release
+bin=$target/wxgate
 work=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${redis_port:-}" ] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1
+  rm -rf "$work"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-fake_port=$(port); gw_port=$(port)
+up_port=$(port); gw_port=$(port); redis_port=$(port)
+wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1"; exit 1; }
 
-cat > "$work/fake.toml" <<TOML
+case $upstream in
+  zero)
+    "$target/examples/zero" "127.0.0.1:$up_port" >/dev/null 2>&1 & pids+=($!) ;;
+  fake)
+    cat > "$work/fake.toml" <<TOML
 max_records = 100000
 [[apps]]
 appid = "wx0123456789abcdef"
@@ -35,12 +55,21 @@ template_id = "demo-order-shipped"
 kind = "template"
 content = "{{character_string1.DATA}}{{thing2.DATA}}{{time3.DATA}}"
 TOML
-cat > "$work/gw.toml" <<TOML
+    "$bin" fake-wechat --listen "127.0.0.1:$up_port" --config "$work/fake.toml" >/dev/null 2>&1 & pids+=($!) ;;
+  *) echo "UPSTREAM must be zero or fake"; exit 2 ;;
+esac
+wait_up "http://127.0.0.1:$up_port/cgi-bin/token"
+
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" \
+  --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+cat > "$work/base.toml" <<TOML
 [server]
 listen = "127.0.0.1:$gw_port"
 workers = 1
 [upstream]
-base_url = "http://127.0.0.1:$fake_port"
+base_url = "http://127.0.0.1:$up_port"
 [apps.bench]
 appid = "wx0123456789abcdef"
 kind = "official_account"
@@ -49,26 +78,7 @@ secret = "demo-secret"
 key = "bench-key-0123456789abcdef"
 apps = ["bench"]
 TOML
-wait_up() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "not up: $1"; exit 1; }
-
-"$bin" fake-wechat --listen "127.0.0.1:$fake_port" --config "$work/fake.toml" >/dev/null 2>&1 & pids+=($!)
-wait_up "http://127.0.0.1:$fake_port/_fake/health"
-echo "== 1. fake WeChat alone: wrk -t1 -c$conns -d${dur}s"
-wrk -t1 -c"$conns" -d"${dur}s" -s crates/wxgate-fake-wechat/examples/post.lua "http://127.0.0.1:$fake_port" | grep -E 'Requests/sec|Latency|non'
-
-for level in warn info; do
-  WXGATE_LOG=$level "$bin" serve --config "$work/gw.toml" >"$work/gw-$level.log" 2>&1 & gw=$!; pids+=($gw)
-  wait_up "http://127.0.0.1:$gw_port/readyz"
-  echo "== gateway, 1 worker, logs at $level: wrk -t1 -c$conns -d${dur}s"
-  wrk -t1 -c"$conns" -d"${dur}s" -s bench/gateway-template.lua "http://127.0.0.1:$gw_port/v1/apps/bench/messages/template" | grep -E 'Requests/sec|Latency|non-200|p50'
-  kill $gw; wait $gw 2>/dev/null || true
-done
-# Shared state in Redis: the same sends, one acquire script per send (block check only), then
-# with limits (app window, per-recipient window, daily quota: 4 keys per acquire).
-redis_port=$(port)
-redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
-pids+=("$(sleep 0.3; cat "$work/redis.pid")")
-cat > "$work/redis.toml" <<TOML
+cat > "$work/store.toml" <<TOML
 [store]
 kind = "redis"
 prefix = "bench"
@@ -82,22 +92,76 @@ per_recipient = [{ limit = 5, window_ms = 60000 }]
 [apps.bench.quotas]
 template_send = 1000000000
 TOML
-for variant in redis redis-limits; do
-  cat "$work/gw.toml" "$work/redis.toml" > "$work/gw-$variant.toml"
-  [ "$variant" = redis-limits ] && cat "$work/limits.toml" >> "$work/gw-$variant.toml"
-  WXGATE_LOG=warn "$bin" serve --config "$work/gw-$variant.toml" >"$work/gw-$variant.log" 2>&1 & gw=$!; pids+=($gw)
-  wait_up "http://127.0.0.1:$gw_port/readyz"
-  echo "== gateway, 1 worker, $variant store, logs at warn: wrk -t1 -c$conns -d${dur}s"
-  wrk -t1 -c"$conns" -d"${dur}s" -s bench/gateway-template.lua "http://127.0.0.1:$gw_port/v1/apps/bench/messages/template" | grep -E 'Requests/sec|Latency|non-200|p50'
-  kill $gw; wait $gw 2>/dev/null || true
-done
-# The floor: the bare hop (parse, one EVALSHA, one POST to the same fake, answer).
-"${CARGO_TARGET_DIR:-target}/release/examples/bare_hop" "127.0.0.1:$gw_port" "redis://127.0.0.1:$redis_port" "http://127.0.0.1:$fake_port" wx0123456789abcdef demo-secret >"$work/hop.log" 2>&1 & hop=$!; pids+=($hop)
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$gw_port/" && break; sleep 0.1; done
-echo "== bare hop (toolbox.md §6), 1 worker, same fake and Redis: wrk -t1 -c$conns -d${dur}s"
-wrk -t1 -c"$conns" -d"${dur}s" -s bench/gateway-template.lua "http://127.0.0.1:$gw_port/send" | grep -E 'Requests/sec|Latency|non-200|p50'
-kill $hop; wait $hop 2>/dev/null || true
-redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+cp "$work/base.toml" "$work/memory.toml"
+cp "$work/base.toml" "$work/memory-info.toml"
+cat "$work/base.toml" "$work/store.toml" > "$work/redis.toml"
+cat "$work/base.toml" "$work/store.toml" "$work/limits.toml" > "$work/redis-limits.toml"
 
-sends=$(curl -s "http://127.0.0.1:$fake_port/_fake/calls?path=/cgi-bin/message/template/send" | python3 -c 'import json,sys;c=json.load(sys.stdin);print(len(c), sum(1 for x in c if x["errcode"]!=0))')
-echo "fake record (last 100000 kept): template sends, non-zero errcodes: $sends"
+redis_calls() {
+  redis-cli -p "$redis_port" info commandstats | tr -d '\r' |
+    sed -nE 's/^cmdstat_[^:]+:calls=([0-9]+).*/\1/p' | awk '{s+=$1} END {print s+0}'
+}
+# run VARIANT URL: wrk against URL, appends "variant rps p50 p99 requests cmds" to results.
+run() {
+  local variant=$1 url=$2 before after out rps p50 p99 reqs cmds=-
+  before=$(redis_calls)
+  out=$(wrk -t1 -c"$conns" -d"${dur}s" -s bench/gateway-template.lua "$url")
+  after=$(redis_calls)
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '/^p50/ {print $2}'); p99=$(echo "$out" | awk '/^p50/ {print $5}')
+  reqs=$(echo "$out" | awk '/^requests/ {print $2}')
+  bad=$(echo "$out" | awk '/^non-200/ {print $3}')
+  [ "$bad" = 0 ] || { echo "$variant: $bad non-200 answers"; echo "$out" | head -5; }
+  case $variant in redis*|hop*) cmds=$(python3 -c "print(f'{($after - $before) / max($reqs, 1):.2f}')") ;; esac
+  printf '%-13s %9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  redis cmds/send %s\n' "$variant" "$rps" "$p50" "$p99" "$cmds"
+  echo "$round $variant $rps $p50 $p99 $cmds" >> "$work/results"
+}
+hop() {
+  "$target/examples/bare_hop" "127.0.0.1:$gw_port" "redis://127.0.0.1:$redis_port" \
+    "http://127.0.0.1:$up_port" wx0123456789abcdef demo-secret >"$work/hop.log" 2>&1 & local p=$!
+  wait_up "http://127.0.0.1:$gw_port/"
+  run "$1" "http://127.0.0.1:$gw_port/send"
+  kill $p; wait $p 2>/dev/null || true
+}
+gateway() {
+  local variant=$1 level=warn
+  [ "$variant" = memory-info ] && level=info
+  WXGATE_LOG=$level "$bin" serve --config "$work/$variant.toml" >"$work/gw-$variant.log" 2>&1 & local p=$!
+  wait_up "http://127.0.0.1:$gw_port/readyz"
+  until curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null; do sleep 0.1; done
+  run "$variant" "http://127.0.0.1:$gw_port/v1/apps/bench/messages/template"
+  kill $p; wait $p 2>/dev/null || true
+}
+
+echo "upstream: $upstream; wrk -t1 -c$conns -d${dur}s per variant; $rounds round(s); 1 actix worker everywhere"
+for round in $(seq "$rounds"); do
+  echo "== round $round"
+  hop hop-first
+  for v in memory memory-info redis redis-limits; do gateway "$v"; done
+  hop hop-last
+done
+
+echo
+echo "== ratios to the bare hop of the same round (mean of its first and last run)"
+python3 - "$work/results" <<'PY'
+import sys, collections
+rows = [l.split() for l in open(sys.argv[1])]
+by = collections.defaultdict(dict)
+for r, v, rps, p50, p99, cmds in rows:
+    by[r][v] = (float(rps), float(p50), float(p99), cmds)
+variants = ["memory", "memory-info", "redis", "redis-limits"]
+print(f"{'round':<6}{'hop req/s':>10}" + "".join(f"{v:>16}" for v in variants) + "   (p99 ÷ hop p99)")
+for r, d in by.items():
+    hop = (d["hop-first"][0] + d["hop-last"][0]) / 2
+    hop99 = (d["hop-first"][2] + d["hop-last"][2]) / 2
+    cells = "".join(f"{d[v][0] / hop * 100:>15.0f}%" for v in variants)
+    p99s = " ".join(f"{d[v][2] / hop99:.1f}x" for v in variants)
+    print(f"{r:<6}{hop:>10.0f}{cells}   ({p99s})")
+cmds = {v: [d[v][3] for d in by.values()] for v in ["hop-first", "redis", "redis-limits"]}
+print("redis commands per send:", ", ".join(f"{v} {'/'.join(c)}" for v, c in cmds.items()))
+PY
+
+if [ "$upstream" = fake ]; then
+  curl -s "http://127.0.0.1:$up_port/_fake/calls?path=/cgi-bin/message/template/send" |
+    python3 -c 'import json,sys;c=json.load(sys.stdin);print("fake record (last 100000 kept): template sends", len(c), "non-zero errcodes", sum(1 for x in c if x["errcode"]!=0))'
+fi

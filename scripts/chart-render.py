@@ -5,6 +5,7 @@
     chart-render.py config RENDER OUTDIR         write OUTDIR/wxgate.toml and its secret files
     chart-render.py assert-default RENDER        check the default render's promises
     chart-render.py assert-drain RENDER N GRACE  drain_delay_secs = N, grace period GRACE
+    chart-render.py assert-dashboard RENDER      the dashboard ConfigMap: sidecar label, JSON
 
 `config` takes the ConfigMap's wxgate.toml and writes every file its secret_file / key_file /
 password_file keys name under the Secret's mount path (the Deployment's `secrets` volume):
@@ -15,6 +16,7 @@ distinct dummy values of 32 characters.
 
 import base64
 import hashlib
+import json
 import os
 import sys
 import tomllib
@@ -45,7 +47,9 @@ def file_refs(table, prefix=""):
 
 def config(render, outdir):
     documents = docs(render)
-    text = one(documents, "ConfigMap")["data"]["wxgate.toml"]
+    # The gateway's ConfigMap (the Grafana dashboard's is another).
+    gateway = [d for d in documents if "wxgate.toml" in (d.get("data") or {})]
+    text = one(gateway, "ConfigMap")["data"]["wxgate.toml"]
     deployment = one(documents, "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "secrets")
@@ -74,6 +78,19 @@ def config(render, outdir):
     with open(os.path.join(outdir, "wxgate.toml"), "w") as f:
         f.write(text)
     print(f"{len(values)} secret files from {origin}")
+
+
+def assert_dashboard(render):
+    documents = docs(render)
+    found = [d for d in documents if "wxgate.json" in (d.get("data") or {})]
+    cm = one(found, "ConfigMap")
+    if cm["metadata"]["labels"].get("grafana_dashboard") != "1":
+        sys.exit(f"the dashboard ConfigMap lacks the sidecar label: {cm['metadata']['labels']}")
+    dash = json.loads(cm["data"]["wxgate.json"])
+    with open(os.path.join(os.path.dirname(__file__), "..", "helm/wxgate/dashboards/wxgate.json")) as f:
+        if json.load(f) != dash:
+            sys.exit("the rendered dashboard differs from helm/wxgate/dashboards/wxgate.json")
+    print(f"{len(dash['panels'])} panels")
 
 
 def assert_default(render):
@@ -120,7 +137,9 @@ def assert_default(render):
         labels = d["metadata"].get("labels", {})
         for label in ("app.kubernetes.io/instance", "app.kubernetes.io/managed-by"):
             check(label in labels, f"{d['kind']} {d['metadata']['name']} lacks {label}")
-    text = one(documents, "ConfigMap")["data"]["wxgate.toml"]
+    # The gateway's ConfigMap (the Grafana dashboard's is another).
+    gateway = [d for d in documents if "wxgate.toml" in (d.get("data") or {})]
+    text = one(gateway, "ConfigMap")["data"]["wxgate.toml"]
     cfg = tomllib.loads(text)
     check(cfg["server"].get("drain_delay_secs") == 5, "drain_delay_secs is not 5")
     check(cfg["store"]["expected_replicas"] == 7, "expected_replicas != maxReplicas 6 + surge 1")
@@ -153,6 +172,8 @@ def main():
         assert_default(*args)
     elif cmd == "assert-drain":
         assert_drain(*args)
+    elif cmd == "assert-dashboard":
+        assert_dashboard(*args)
     else:
         sys.exit(__doc__)
 

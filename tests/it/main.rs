@@ -2,9 +2,11 @@
 
 mod cluster_drain;
 mod cluster_faults;
+mod cluster_inspect;
 mod cluster_limits;
 mod cluster_queue;
 mod cluster_tokens;
+mod dashboard;
 mod drain;
 mod hardening;
 mod limits;

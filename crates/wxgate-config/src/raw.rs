@@ -436,7 +436,7 @@ pub enum Scope {
     Send,
     /// `GET /v1/apps/{app}/access_token` and `.../access_token/invalidate`.
     Token,
-    /// admin endpoints
+    /// `GET /v1/admin/apps/{app}/state` and `DELETE /v1/admin/apps/{app}/blocks/{api}`.
     Admin,
 }
 

@@ -227,10 +227,16 @@ fn token_modes_scopes_and_leadership_settings() {
     check_err(
         &MINIMAL.replace(
             r#"apps = ["shop"]"#,
-            "apps = [\"shop\"]\nscopes = [\"superuser\"]",
+            "apps = [\"shop\"]\nscopes = [\"root\"]",
         ),
         "api_keys.orders.scopes",
     );
+    let admin = Settings::from_toml_str(&MINIMAL.replace(
+        r#"apps = ["shop"]"#,
+        "apps = [\"shop\"]\nscopes = [\"admin\"]",
+    ))
+    .unwrap();
+    assert_eq!(admin.api_keys[0].scopes, vec![Scope::Admin]);
     let tokens = Settings::from_toml_str(&MINIMAL.replace(
         r#"apps = ["shop"]"#,
         "apps = [\"shop\"]\nscopes = [\"send\", \"token\"]",

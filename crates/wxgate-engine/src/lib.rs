@@ -18,6 +18,7 @@
 //! taken on typed values (errcode classes, store causes), never on an error's text.
 
 pub mod idempotency;
+pub mod inspect;
 pub mod message;
 pub mod metrics;
 pub mod outcome;
@@ -125,6 +126,7 @@ impl Engine {
     ) -> Result<Self, String> {
         let client = wechat_client(&settings)?;
         let metrics = Arc::new(Metrics::new());
+        store.health.set_observer(metrics.clone());
         let t = &settings.token;
         let tokens = Arc::new(TokenManager::new(
             store.clone(),
@@ -367,9 +369,74 @@ impl Engine {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let refresher = tokio::spawn(self.tokens.clone().run_refresher(shutdown.clone()));
+        let shutdown_sampler = shutdown.clone();
         let me = self.clone();
-        let verifier = tokio::spawn(async move { me.verify_templates(shutdown).await });
-        vec![refresher, verifier]
+        let verifier = tokio::spawn(async move { me.verify_templates(shutdown.clone()).await });
+        let me = self.clone();
+        let sampler = tokio::spawn(async move { me.sample_state(shutdown_sampler).await });
+        vec![refresher, verifier, sampler]
+    }
+
+    /// Every few seconds, the gauges that describe shared state: each app's token age and
+    /// time to expiry, whether this node leads its refresh, and each configured window's use
+    /// (the fullest window per API). One read-only script per app.
+    async fn sample_state(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            for app in self.settings.apps.values() {
+                let Ok(s) = inspect::read_app_state(
+                    self.store.inspect.as_ref(),
+                    self.backend(),
+                    &self.settings,
+                    app,
+                    // The counts are not sampled: no scan at all.
+                    0,
+                )
+                .await
+                else {
+                    continue;
+                };
+                let labels = metrics::AppLabels {
+                    app: app.name.clone(),
+                };
+                let (age, left) = s.token.as_ref().map_or((0.0, 0.0), |t| {
+                    (t.age_ms as f64 / 1000.0, t.expires_in_ms as f64 / 1000.0)
+                });
+                self.metrics
+                    .token_age_seconds
+                    .get_or_create(&labels)
+                    .set(age);
+                self.metrics
+                    .token_expires_in_seconds
+                    .get_or_create(&labels)
+                    .set(left);
+                let leads = s.leader.as_ref().is_some_and(|l| l.node == self.node_id);
+                self.metrics
+                    .token_leader
+                    .get_or_create(&labels)
+                    .set(i64::from(leads));
+                let mut fullest: std::collections::BTreeMap<wxgate_protocol::api::Api, f64> =
+                    Default::default();
+                for w in &s.windows {
+                    let ratio = if w.limit == 0 {
+                        1.0
+                    } else {
+                        w.used as f64 / w.limit as f64
+                    };
+                    let e = fullest.entry(w.api).or_insert(0.0);
+                    *e = e.max(ratio);
+                }
+                for (api, ratio) in fullest {
+                    self.metrics
+                        .window_utilisation
+                        .get_or_create(&Metrics::api(&app.name, api.as_str()))
+                        .set(ratio);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Checks every app's template registry against WeChat's lists once, retrying every 30 s

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SendLabels {
@@ -52,6 +53,36 @@ pub struct TokenLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route pattern (`/v1/apps/{app}/messages/template`), never the raw path;
+    /// `unmatched` for a path no route matches.
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScriptLabels {
+    /// The store operation (`acquire`, `token_write`, ...: the script's file name).
+    pub script: String,
+}
+
+fn fast_histogram() -> Histogram {
+    // 0.25 ms .. ~4 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
 fn send_histogram() -> Histogram {
     // 1 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -67,6 +98,16 @@ pub struct Metrics {
     pub token_fetches: Family<TokenLabels, Counter>,
     pub state_losses: Family<AppLabels, Counter>,
     pub idempotency_takeovers: Family<AppLabels, Counter>,
+    pub build_info: Family<BuildLabels, Gauge>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    pub permit_wait_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
+    pub token_age_seconds: Family<AppLabels, Gauge<f64, AtomicU64>>,
+    pub token_expires_in_seconds: Family<AppLabels, Gauge<f64, AtomicU64>>,
+    pub token_leader: Family<AppLabels, Gauge>,
+    pub window_utilisation: Family<ApiLabels, Gauge<f64, AtomicU64>>,
+    pub store_seconds: Family<ScriptLabels, Histogram, fn() -> Histogram>,
+    pub store_errors: Family<ScriptLabels, Counter>,
     /// Entries in the app's stream (queued + being delivered), as this node last read it.
     pub queue_depth: Family<AppLabels, Gauge>,
     /// Age of the app's oldest queued entry in seconds (0 when empty).
@@ -164,11 +205,93 @@ impl Metrics {
             "Queued messages this node finished, by final state",
             queue_drained.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the version label says which build this node runs",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route pattern, method and status",
+            http_requests.clone(),
+        );
+        let upstream_seconds =
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                send_histogram,
+            );
+        registry.register(
+            "upstream_duration_seconds",
+            "Latency of calls to WeChat's send APIs, by API",
+            upstream_seconds.clone(),
+        );
+        let permit_wait_seconds =
+            Family::<ApiLabels, Histogram, fn() -> Histogram>::new_with_constructor(send_histogram);
+        registry.register(
+            "permit_wait_seconds",
+            "Time from asking the shared limiter for a permit to getting one (waits included)",
+            permit_wait_seconds.clone(),
+        );
+        let token_age_seconds = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "token_age_seconds",
+            "Age of the app's shared access_token (sampled every few seconds)",
+            token_age_seconds.clone(),
+        );
+        let token_expires_in_seconds = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "token_expires_in_seconds",
+            "Time until the app's shared access_token expires (sampled every few seconds)",
+            token_expires_in_seconds.clone(),
+        );
+        let token_leader = Family::<AppLabels, Gauge>::default();
+        registry.register(
+            "token_leader",
+            "1 while this node holds the app's token-refresh lease, else 0 (sampled)",
+            token_leader.clone(),
+        );
+        let window_utilisation = Family::<ApiLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "window_utilisation_ratio",
+            "Use of the fullest configured window of the app and API, 0 to 1 (sampled)",
+            window_utilisation.clone(),
+        );
+        let store_seconds =
+            Family::<ScriptLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                fast_histogram,
+            );
+        registry.register(
+            "redis_operation_duration_seconds",
+            "Latency of shared-store (Redis) operations, by script",
+            store_seconds.clone(),
+        );
+        let store_errors = Family::<ScriptLabels, Counter>::default();
+        registry.register(
+            "redis_operation_errors",
+            "Shared-store (Redis) operations that failed, by script",
+            store_errors.clone(),
+        );
         Self {
             queue_depth,
             queue_oldest_age_seconds,
             queue_dead_letters,
             queue_drained,
+            build_info,
+            http_requests,
+            upstream_seconds,
+            permit_wait_seconds,
+            token_age_seconds,
+            token_expires_in_seconds,
+            token_leader,
+            window_utilisation,
+            store_seconds,
+            store_errors,
             state_losses,
             idempotency_takeovers,
             registry,
@@ -195,5 +318,17 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+impl wxgate_store::StoreObserver for Metrics {
+    fn observe(&self, script: &'static str, seconds: f64, ok: bool) {
+        let labels = ScriptLabels {
+            script: script.to_string(),
+        };
+        self.store_seconds.get_or_create(&labels).observe(seconds);
+        if !ok {
+            self.store_errors.get_or_create(&labels).inc();
+        }
     }
 }

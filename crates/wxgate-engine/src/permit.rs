@@ -63,6 +63,7 @@ impl Engine {
             hold_max_window_ms: s.hold_max_window.as_millis() as u64,
         };
         let seen = self.seen_seq(&app.appid);
+        let asked = Instant::now();
         loop {
             // Unique per attempt across the cluster (node id + a per-node counter), and short:
             // it is the member stored in every sliding-log window.
@@ -113,6 +114,10 @@ impl Engine {
             match reply.decision {
                 Acquire::Granted { seq, .. } => {
                     seen.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .permit_wait_seconds
+                        .get_or_create(&crate::metrics::Metrics::api(&app.name, api.as_str()))
+                        .observe(asked.elapsed().as_secs_f64());
                     return Ok(());
                 }
                 Acquire::Wait {

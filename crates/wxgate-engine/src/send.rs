@@ -74,7 +74,14 @@ impl Engine {
             }
             attempts += 1;
             self.metrics.upstream_attempts.get_or_create(&labels).inc();
+            let started = Instant::now();
             let outcome = self.call(&token.value, msg).await;
+            self.metrics
+                .upstream_seconds
+                .get_or_create(&crate::metrics::UpstreamLabels {
+                    api: api.as_str().into(),
+                })
+                .observe(started.elapsed().as_secs_f64());
             // May another attempt follow, and is it safe?
             let may_retry = |safe: bool, retries: u32| {
                 safe && retries + 1 < s.max_attempts && Instant::now() < deadline

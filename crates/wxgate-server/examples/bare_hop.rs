@@ -19,16 +19,34 @@ return 1
 ";
 
 struct Hop {
-    redis: redis::aio::ConnectionManager,
+    redis: redis::Client,
     script: Script,
     http: reqwest::Client,
     url: String,
 }
 
-async fn send(hop: web::Data<Hop>, body: web::Bytes) -> HttpResponse {
+/// The worker's own Redis connection, made on its first request: a multiplexed connection's
+/// driver runs on the runtime that made it, so one made on another runtime would make every
+/// command cross threads (the gateway does the same, see the store's connection module).
+#[derive(Default)]
+struct WorkerRedis(tokio::sync::OnceCell<redis::aio::MultiplexedConnection>);
+
+async fn send(
+    hop: web::Data<Hop>,
+    worker: web::Data<WorkerRedis>,
+    body: web::Bytes,
+) -> HttpResponse {
     let msg: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return HttpResponse::BadRequest().body(e.to_string()),
+    };
+    let conn = worker
+        .0
+        .get_or_try_init(|| hop.redis.get_multiplexed_async_connection())
+        .await;
+    let mut conn = match conn {
+        Ok(c) => c.clone(),
+        Err(e) => return HttpResponse::ServiceUnavailable().body(e.to_string()),
     };
     let id = fastrand::u64(..).to_string();
     let allowed: i64 = match hop
@@ -37,7 +55,7 @@ async fn send(hop: web::Data<Hop>, body: web::Bytes) -> HttpResponse {
         .arg(1_000_000)
         .arg(1_000_000)
         .arg(&id)
-        .invoke_async(&mut hop.redis.clone())
+        .invoke_async(&mut conn)
         .await
     {
         Ok(v) => v,
@@ -69,10 +87,7 @@ async fn main() -> std::io::Result<()> {
         "{upstream}/cgi-bin/message/template/send?access_token={}",
         token["access_token"].as_str().expect("access_token")
     );
-    let redis =
-        redis::aio::ConnectionManager::new(redis::Client::open(redis_url.as_str()).unwrap())
-            .await
-            .expect("redis");
+    let redis = redis::Client::open(redis_url.as_str()).expect("redis url");
     let hop = web::Data::new(Hop {
         redis,
         script: Script::new(SLIDING_LOG),
@@ -82,6 +97,7 @@ async fn main() -> std::io::Result<()> {
     HttpServer::new(move || {
         App::new()
             .app_data(hop.clone())
+            .app_data(web::Data::new(WorkerRedis::default()))
             .route("/send", web::post().to(send))
     })
     .workers(1)

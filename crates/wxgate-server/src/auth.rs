@@ -55,7 +55,7 @@ impl Caller<'_> {
         let what = match scope {
             Scope::Send => "send messages",
             Scope::Token => "use the token API",
-            Scope::Admin => "use the admin endpoints",
+            Scope::Admin => "use the admin API",
         };
         Err(ApiError::new(
             StatusCode::FORBIDDEN,

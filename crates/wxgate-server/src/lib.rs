@@ -23,6 +23,7 @@ mod auth;
 mod body;
 pub mod drain;
 pub mod error;
+mod http_metrics;
 mod queue_routes;
 mod request_id;
 mod routes;

@@ -398,3 +398,80 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     )
     .to_response(&RequestId::of(&req))
 }
+
+/// A store error on the admin API: 503, the caller may retry.
+fn admin_store_error(e: &wxgate_store::StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("cannot read the shared state: {e}"),
+    )
+}
+
+/// `GET /v1/admin/apps/{app}/state`: the app's shared state, the JSON of `wxgate inspect
+/// --json`. Needs the `admin` scope.
+pub async fn admin_app_state(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let (app, _) = resolve_caller(&req, &state, &path, Scope::Admin)?;
+        match state.engine.app_state(&app.name).await {
+            Some(Ok(s)) => Ok(HttpResponse::Ok().json(s)),
+            Some(Err(e)) => Err(admin_store_error(&e)),
+            None => Err(auth::app_not_found(&path)),
+        }
+    }
+    .await;
+    respond(&req, result)
+}
+
+/// `DELETE /v1/admin/apps/{app}/blocks/{api}`: lifts a pause by hand (after a WeChat incident).
+/// 204 when one was lifted, 404 when none was in force, 400 for an unknown API name. Logged at
+/// warn with the caller's key name.
+pub async fn admin_lift_block(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (app_name, api_name) = path.into_inner();
+    let result = async {
+        let (app, caller) = resolve_caller(&req, &state, &app_name, Scope::Admin)?;
+        let api = wxgate_protocol::api::Api::parse(&api_name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_api",
+                format!(
+                    "unknown API `{api_name}` (one of template_send, subscribe_send, token_fetch)"
+                ),
+            )
+            .field("api")
+        })?;
+        match state.engine.lift_block(&app.name, api).await {
+            Some(Ok(true)) => {
+                tracing::warn!(
+                    app = %app.name,
+                    api = api.as_str(),
+                    api_key = caller,
+                    "pause lifted by hand through the admin API"
+                );
+                Ok(HttpResponse::NoContent().finish())
+            }
+            Some(Ok(false)) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_block",
+                format!(
+                    "no pause of `{}` is in force for app `{}`",
+                    api.as_str(),
+                    app.name
+                ),
+            )
+            .field("api")),
+            Some(Err(e)) => Err(admin_store_error(&e)),
+            None => Err(auth::app_not_found(&app_name)),
+        }
+    }
+    .await;
+    respond(&req, result)
+}

@@ -135,6 +135,7 @@ impl Application {
             ActixApp::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(drain::middleware))
+                .wrap(middleware::from_fn(crate::http_metrics::middleware))
                 .wrap(middleware::from_fn(request_id::middleware))
                 .service(
                     web::resource("/v1/apps/{app}/messages/template")
@@ -170,6 +171,17 @@ impl Application {
                 .service(
                     web::resource("/v1/apps/{app}/access_token/invalidate")
                         .route(web::post().to(routes::invalidate_token))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                // The admin API (scope `admin`).
+                .service(
+                    web::resource("/v1/admin/apps/{app}/state")
+                        .route(web::get().to(routes::admin_app_state))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/admin/apps/{app}/blocks/{api}")
+                        .route(web::delete().to(routes::admin_lift_block))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .route("/healthz", web::get().to(routes::healthz))
@@ -316,11 +328,44 @@ fn build_store(
     clock: Arc<dyn Clock>,
 ) -> Result<(SharedState, bool), BuildError> {
     let st = &settings.store;
+    let (store, queue) = open_stores(settings, clock)?;
     match st.kind {
-        StoreKind::Memory => {
-            let memory: Arc<dyn Store> = Arc::new(MemoryStore::with_clock(clock));
-            Ok((SharedState::new(memory), false))
+        StoreKind::Memory => Ok((SharedState::new(store), false)),
+        StoreKind::Redis => {
+            let policy = match st.on_unavailable {
+                OnUnavailable::FailClosed => fallback::OnUnavailable::FailClosed,
+                OnUnavailable::LocalShare => fallback::OnUnavailable::LocalShare {
+                    expected_replicas: st.expected_replicas,
+                },
+            };
+            let limiter = FallbackLimiter::new(store.clone(), policy);
+            let local_share = limiter.admits_without_store();
+            let mut shared = SharedState::new(store).with_limiter(Arc::new(limiter));
+            if let Some(queue) = queue {
+                shared = shared.with_queue(queue);
+            }
+            Ok((shared, local_share))
         }
+    }
+}
+
+/// The configured store itself, without a fallback policy: what `serve` builds on, and what
+/// `wxgate inspect` reads.
+pub fn open_store(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Store>, BuildError> {
+    Ok(open_stores(settings, clock)?.0)
+}
+
+/// The store, and its queue where it has one (Redis).
+type Stores = (Arc<dyn Store>, Option<Arc<dyn wxgate_store::Queue>>);
+
+/// The configured store, and its queue where it has one (Redis).
+fn open_stores(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Stores, BuildError> {
+    let st = &settings.store;
+    match st.kind {
+        StoreKind::Memory => Ok((Arc::new(MemoryStore::with_clock(clock)), None)),
         StoreKind::Redis => {
             let r = st
                 .redis
@@ -353,23 +398,8 @@ fn build_store(
                 tls_ca_pem: r.tls_ca_pem.clone(),
             })
             .map_err(|e| BuildError::Setup(e.to_string()))?;
-            let policy = match st.on_unavailable {
-                OnUnavailable::FailClosed => fallback::OnUnavailable::FailClosed,
-                OnUnavailable::LocalShare => fallback::OnUnavailable::LocalShare {
-                    expected_replicas: st.expected_replicas,
-                },
-            };
             let redis = Arc::new(redis);
-            let queue: Arc<dyn wxgate_store::Queue> = redis.clone();
-            let redis: Arc<dyn Store> = redis;
-            let limiter = FallbackLimiter::new(redis.clone(), policy);
-            let local_share = limiter.admits_without_store();
-            Ok((
-                SharedState::new(redis)
-                    .with_limiter(Arc::new(limiter))
-                    .with_queue(queue),
-                local_share,
-            ))
+            Ok((redis.clone(), Some(redis)))
         }
     }
 }

@@ -109,6 +109,23 @@ impl Keys {
     pub fn idempotency(&self, appid: &str, key: &str) -> String {
         self.app(appid, &format!("idem:{key}"))
     }
+
+    /// `SCAN MATCH` pattern of every idempotency record of the app.
+    pub fn idempotency_pattern(&self, appid: &str) -> String {
+        format!(
+            "{}*",
+            crate::inspect::glob_escape(&self.idempotency(appid, ""))
+        )
+    }
+
+    /// `SCAN MATCH` pattern of every recipient's window of length `window_ms` (one key per
+    /// recipient with a live window).
+    pub fn recipient_window_pattern(&self, appid: &str, window_ms: u64) -> String {
+        format!(
+            "{}*:{window_ms}",
+            crate::inspect::glob_escape(&self.app(appid, "rl:user:"))
+        )
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +156,11 @@ mod tests {
             "wxgate:{wx1}:qidem:svc:k"
         );
         assert_eq!(k.dead_letters("wx1"), "wxgate:{wx1}:dlq");
+        assert_eq!(k.idempotency_pattern("wx1"), "wxgate:{wx1}:idem:*");
+        assert_eq!(
+            k.recipient_window_pattern("wx1", 1000),
+            "wxgate:{wx1}:rl:user:*:1000"
+        );
         assert!(Keys::new("a{b}").is_err());
         assert!(Keys::new("").is_err());
     }

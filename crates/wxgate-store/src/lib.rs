@@ -16,6 +16,8 @@
 //!   Sentinel or Cluster Redis; [`keys::Keys`] names every key it touches.
 //! - [`fallback::FallbackLimiter`]: what happens to `acquire` when Redis is unreachable (fail
 //!   closed by default, or a local share of each limit).
+//! - [`inspect`]: reading an app's state for operators ([`inspect::Inspect`]), read-only but
+//!   for lifting a pause by hand.
 //! - [`clock`]: where "now" comes from. The Redis backend uses Redis `TIME` inside its scripts;
 //!   the memory backend a [`clock::Clock`] that tests can move by hand.
 //!
@@ -24,6 +26,7 @@
 
 pub mod clock;
 pub mod fallback;
+pub mod inspect;
 pub mod keys;
 pub mod memory;
 pub mod redis_store;
@@ -316,11 +319,21 @@ pub enum IdemClaim {
     Done { request_id: String, result: String },
 }
 
+/// Told of every store operation (the engine's metrics), so this crate needs no metrics crate.
+pub trait StoreObserver: Send + Sync {
+    /// `script` names the operation (the Lua file's name, or the command's role).
+    fn observe(&self, script: &'static str, seconds: f64, ok: bool);
+}
+
 /// The store's clock and liveness.
 #[async_trait]
 pub trait Health: Send + Sync {
     /// Short name of the backend for logs and `/readyz` ("memory", "redis").
     fn backend(&self) -> &'static str;
+
+    /// Reports every later operation to `observer` (the first observer set stays). Backends
+    /// with nothing worth timing ignore it.
+    fn set_observer(&self, _observer: Arc<dyn StoreObserver>) {}
 
     /// The store's clock in unix ms; all nodes that share a store share this clock.
     async fn now_ms(&self) -> Result<u64, StoreError>;
@@ -609,9 +622,16 @@ pub trait Queue: Send + Sync {
 }
 
 /// A backend that plays every role. Implementations must make every method atomic.
-pub trait Store: Health + TokenStore + Limiter + Leases + Idempotency + Cache + 'static {}
+pub trait Store:
+    Health + TokenStore + Limiter + Leases + Idempotency + Cache + inspect::Inspect + 'static
+{
+}
 
-impl<T: Health + TokenStore + Limiter + Leases + Idempotency + Cache + 'static> Store for T {}
+impl<
+        T: Health + TokenStore + Limiter + Leases + Idempotency + Cache + inspect::Inspect + 'static,
+    > Store for T
+{
+}
 
 /// Each role of the shared state, for the code that uses it.
 #[derive(Clone)]
@@ -624,6 +644,7 @@ pub struct SharedState {
     pub cache: Arc<dyn Cache>,
     /// Queued delivery, where the backend has it (Redis).
     pub queue: Option<Arc<dyn Queue>>,
+    pub inspect: Arc<dyn inspect::Inspect>,
 }
 
 impl SharedState {
@@ -635,7 +656,8 @@ impl SharedState {
             limiter: store.clone(),
             leases: store.clone(),
             idempotency: store.clone(),
-            cache: store,
+            cache: store.clone(),
+            inspect: store,
             queue: None,
         }
     }

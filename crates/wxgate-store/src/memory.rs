@@ -386,6 +386,130 @@ impl Leases for MemoryStore {
     }
 }
 
+#[async_trait]
+impl crate::inspect::Inspect for MemoryStore {
+    async fn inspect_app(
+        &self,
+        q: &crate::inspect::InspectQuery<'_>,
+    ) -> Result<crate::inspect::AppStateRead, StoreError> {
+        use crate::inspect::{AppStateRead, BoundedCount, PauseInfo, TokenInfo, WindowUse};
+        let now = self.clock.now_ms();
+        let st = self.lock();
+        let app = q.appid;
+        let token = st
+            .tokens
+            .get(app)
+            .filter(|t| t.expires_at_ms > now)
+            .map(|t| TokenInfo {
+                masked: crate::mask(&t.access_token),
+                source: t.source,
+                fetched_at_ms: t.fetched_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                fence: t.fence,
+                node: t.node.clone(),
+            });
+        let leader = st
+            .leases
+            .get(app)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(node, exp)| (node.clone(), exp - now));
+        let windows = q
+            .windows
+            .iter()
+            .map(|(api, limit, window_ms)| {
+                let span = window_ms + q.guard_ms;
+                let live: Vec<u64> = st
+                    .windows
+                    .get(&(app.to_string(), api.as_str().to_string(), *window_ms))
+                    .map(|d| d.iter().copied().filter(|t| t + span > now).collect())
+                    .unwrap_or_default();
+                let used = live.len() as u64;
+                let frees_in_ms = if used < *limit {
+                    0
+                } else {
+                    match live.get((used - limit) as usize) {
+                        Some(t) => (t + span).saturating_sub(now).max(1),
+                        None => span.max(1),
+                    }
+                };
+                WindowUse { used, frees_in_ms }
+            })
+            .collect();
+        let today = beijing_day(now);
+        let quotas_used = q
+            .quotas
+            .iter()
+            .map(|quota| match st.quotas.get(&ka(app, quota.api)) {
+                Some((day, used)) if *day == today => *used,
+                _ => 0,
+            })
+            .collect();
+        let pauses = q
+            .blocks
+            .iter()
+            .filter_map(|api| {
+                st.blocks
+                    .get(&ka(app, *api))
+                    .filter(|(until, _)| *until > now)
+                    .map(|(until_ms, errcode)| PauseInfo {
+                        api: *api,
+                        errcode: *errcode,
+                        until_ms: *until_ms,
+                    })
+            })
+            .collect();
+        let idem = st
+            .idem
+            .iter()
+            .filter(|((a, _), (_, exp))| a == app && *exp > now)
+            .count() as u64;
+        let recipients = match q.recipient_window_ms {
+            None => 0,
+            Some(w) => {
+                let span = w + q.guard_ms;
+                st.windows
+                    .iter()
+                    .filter(|((a, name, window_ms), d)| {
+                        a == app
+                            && *window_ms == w
+                            && name.starts_with("user:")
+                            && d.back().is_some_and(|t| t + span > now)
+                    })
+                    .count() as u64
+            }
+        };
+        let (grant_seq, lost_at) = st.epochs.get(app).copied().unwrap_or((0, 0));
+        Ok(AppStateRead {
+            now_ms: now,
+            token,
+            fence: st.fences.get(app).copied(),
+            leader,
+            windows,
+            quotas_used,
+            pauses,
+            idempotency_records: BoundedCount {
+                count: idem,
+                capped: false,
+            },
+            recipients_with_window: BoundedCount {
+                count: recipients,
+                capped: false,
+            },
+            grant_seq,
+            lost_at_ms: Some(lost_at).filter(|t| *t > 0),
+        })
+    }
+
+    async fn lift_pause(&self, appid: &str, api: Api) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        Ok(st
+            .blocks
+            .remove(&ka(appid, api))
+            .is_some_and(|(until, _)| until > now))
+    }
+}
+
 impl MemoryStore {
     /// Runs `f` on `request_id`'s live in-progress claim of `key`; false if there is none.
     fn with_own_claim(

@@ -73,6 +73,8 @@ pub enum Answered<T> {
 pub struct WechatClient {
     http: reqwest::Client,
     base_url: String,
+    /// `base_url` parsed once: each call only sets the path (no host parsing per send).
+    base: reqwest::Url,
 }
 
 impl WechatClient {
@@ -86,9 +88,13 @@ impl WechatClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| UpstreamError::Setup(e.without_url().to_string()))?;
+        let base_url = config.base_url.trim_end_matches('/').to_string();
+        let base = reqwest::Url::parse(&base_url)
+            .map_err(|e| UpstreamError::Setup(format!("upstream.base_url: {e}")))?;
         Ok(Self {
             http,
-            base_url: config.base_url.trim_end_matches('/').to_string(),
+            base_url,
+            base,
         })
     }
 
@@ -181,8 +187,16 @@ impl WechatClient {
         self.call(req).await
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base_url, path)
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        // A base URL with a path prefix (a proxy's) keeps it.
+        let prefix = self.base.path().trim_end_matches('/');
+        if prefix.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{prefix}{path}"));
+        }
+        url
     }
 
     async fn post_with_token<B: Serialize>(
@@ -242,5 +256,48 @@ fn classify_transport(e: reqwest::Error) -> UpstreamError {
         UpstreamError::Setup(e.to_string())
     } else {
         UpstreamError::OutcomeUnknown(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> WechatClient {
+        WechatClient::new(&UpstreamConfig {
+            base_url: base.into(),
+            ..UpstreamConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn urls_keep_the_base_and_its_path_prefix() {
+        assert_eq!(
+            client("https://api.weixin.qq.com")
+                .url(paths::TEMPLATE_SEND)
+                .as_str(),
+            "https://api.weixin.qq.com/cgi-bin/message/template/send"
+        );
+        assert_eq!(
+            client("http://127.0.0.1:8081/").url(paths::TOKEN).as_str(),
+            "http://127.0.0.1:8081/cgi-bin/token"
+        );
+        assert_eq!(
+            client("http://proxy.internal/wechat/")
+                .url(paths::TOKEN)
+                .as_str(),
+            "http://proxy.internal/wechat/cgi-bin/token"
+        );
+    }
+
+    #[test]
+    fn a_base_url_that_is_not_a_url_is_a_setup_error() {
+        let e = WechatClient::new(&UpstreamConfig {
+            base_url: "not a url".into(),
+            ..UpstreamConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, UpstreamError::Setup(_)), "{e}");
     }
 }

@@ -35,7 +35,7 @@ secret = "{mp_secret}"
 [api_keys.dev]
 key = "{DEV_API_KEY}"
 apps = ["*"]
-scopes = ["send", "token"]
+scopes = ["send", "token", "admin"]
 "#,
         oa = demo::OA_APPID,
         oa_secret = demo::OA_SECRET,

@@ -6,6 +6,8 @@
 //! - `wxgate fake-wechat --listen ADDR [--config FILE]`: the fake WeChat alone.
 //! - `wxgate check-config FILE`: validates a configuration file; non-zero exit on error.
 //! - `wxgate dlq list|redrive --config FILE APP`: the dead letters of queued delivery.
+//! - `wxgate inspect --config FILE [APP...]`: the apps' shared state (token, leader, windows,
+//!   quotas, pauses, counts) as a table, `--json` or `--watch`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use wxgate_server::{Application, BuildOptions};
 mod client_errors;
 mod dev;
 mod dlq;
+mod inspect;
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +81,23 @@ enum Command {
         #[arg(long)]
         online: bool,
     },
+    /// Show the apps' shared state: token (masked), leader, windows, quotas, pauses, counts.
+    Inspect {
+        /// Configuration file (TOML); WXGATE_* environment variables override it.
+        #[arg(long, short, env = "WXGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// App names (default: every configured app).
+        apps: Vec<String>,
+        /// One JSON object per app and line (the shape of GET /v1/admin/apps/{app}/state).
+        #[arg(long)]
+        json: bool,
+        /// Redraw every SECONDS (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+        /// Examine at most this many keys when counting idempotency records and recipients.
+        #[arg(long, default_value_t = wxgate_engine::inspect::DEFAULT_SCAN_LIMIT)]
+        scan_limit: u64,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -131,6 +151,24 @@ async fn main() -> ExitCode {
         }
         Command::CheckConfig { file, online } => check_config(&file, online).await,
         Command::Dlq { command } => dlq::run(command).await,
+        Command::Inspect {
+            config,
+            apps,
+            json,
+            watch,
+            scan_limit,
+        } => {
+            inspect::run(
+                config.as_deref(),
+                inspect::Options {
+                    apps,
+                    json,
+                    watch,
+                    scan_limit,
+                },
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,12 +62,10 @@ local function civil(z)
   if m <= 2 then y = y + 1 end
   return string.format('%04d%02d%02d', y, m, d)
 end
-local today, day_end_ms = '', 0
-if nq > 0 then
-  local day_n = math.floor((now_ms + 28800000) / 86400000)
-  today = civil(day_n)
-  day_end_ms = (day_n + 1) * 86400000 - 28800000
-end
+-- The Beijing day number (days since 1970-01-01 in UTC+8) and the unix ms of its end. The
+-- calendar date (YYYYMMDD, what operators read) is computed only when a quota's day changes.
+local day_n = math.floor((now_ms + 28800000) / 86400000)
+local day_end_ms = (day_n + 1) * 86400000 - 28800000
 
 -- 1. Pauses and quotas outrank a full window.
 local blocked_until, kind, index, errcode = 0, 0, 0, 0
@@ -79,16 +77,16 @@ for i = 1, nb do
     errcode = tonumber(redis.call('GET', KEYS[1 + i]) or '0') or 0
   end
 end
-local quota_used = {}
+-- A quota hash is {day = YYYYMMDD, dn = day number, used}; `dn` spares the calendar on every
+-- call (a hash written without it, by an older version, is matched by its `day`).
+local quota_today = {}
 for i = 1, nq do
   local key = KEYS[1 + nb + i]
   local limit = tonumber(ARGV[8 + i])
-  local q = redis.call('HMGET', key, 'day', 'used')
-  local used = 0
-  if q[1] == today then
-    used = tonumber(q[2] or '0')
-  end
-  quota_used[i] = q[1] == today
+  local q = redis.call('HMGET', key, 'dn', 'used', 'day')
+  local same = tonumber(q[1]) == day_n or (q[1] == false and q[3] == civil(day_n))
+  local used = same and tonumber(q[2] or '0') or 0
+  quota_today[i] = same
   if used >= limit and day_end_ms > blocked_until then
     blocked_until = day_end_ms
     kind, index, errcode = 2, i, 0
@@ -98,8 +96,8 @@ if blocked_until > 0 then
   return {3, loss, blocked_until, kind, index, errcode}
 end
 
--- 2. Sliding logs: drop what left the window, then count. A window held after a state loss
--- counts as full until every lost grant has left it.
+-- 2. Sliding logs: count, and drop what left the window only when it looks full. A window
+-- held after a state loss counts as full until every lost grant has left it.
 local wait_ms, wait_index, held = 0, 0, 0
 for i = 1, nl do
   local key = KEYS[1 + nb + nq + i]
@@ -112,8 +110,13 @@ for i = 1, nl do
       wait_ms, wait_index, held = w, i, 1
     end
   end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now_us - span_us))
+  -- A window far from full needs no pruning: counting every entry, expired or not, already
+  -- shows room. Only a window that looks full drops what left it, then counts again; so a log
+  -- never holds more than `limit` entries (plus those that expire with the key).
   local count = redis.call('ZCARD', key)
+  if count >= limit then
+    count = count - redis.call('ZREMRANGEBYSCORE', key, '-inf', now_us - span_us)
+  end
   if count >= limit then
     local w = span_us
     if limit > 0 then
@@ -131,20 +134,21 @@ if wait_ms > 0 then
 end
 
 -- 3. Every limit allows: take one permit from each.
-local score = string.format('%.0f', now_us)
-local tag = member .. '@' .. score
+-- Scores are passed as numbers (Redis writes integral numbers exactly); the member adds TIME's
+-- own text, so a permit id reused after a node restart never collides with an old entry.
+local tag = member .. '@' .. t[1] .. '.' .. t[2]
 for i = 1, nl do
   local key = KEYS[1 + nb + nq + i]
   local span_ms = tonumber(ARGV[8 + nq + 2 * i]) + guard_ms
-  redis.call('ZADD', key, score, tag)
+  redis.call('ZADD', key, now_us, tag)
   redis.call('PEXPIRE', key, span_ms + 1000)
 end
 for i = 1, nq do
   local key = KEYS[1 + nb + i]
-  if quota_used[i] then
+  if quota_today[i] then
     redis.call('HINCRBY', key, 'used', 1)
   else
-    redis.call('HSET', key, 'day', today, 'used', 1)
+    redis.call('HSET', key, 'day', civil(day_n), 'dn', day_n, 'used', 1)
     -- Kept one day past the reset, so operators can read yesterday's use.
     redis.call('PEXPIREAT', key, day_end_ms + 86400000)
   end

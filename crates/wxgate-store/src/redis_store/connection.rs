@@ -10,8 +10,9 @@
 //! client, which follows `MOVED`/`ASK`. Connections are made lazily: a gateway starts while
 //! Redis is down and reports not-ready until Redis answers.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -130,25 +131,58 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
-/// The connection slot, shared with the Sentinel watcher.
+/// The connection slots, shared with the Sentinel watcher: one connection per tokio runtime.
+///
+/// A multiplexed connection's driver task runs on the runtime that made it. The gateway serves
+/// requests on one single-threaded runtime per actix worker, so a connection made elsewhere (by
+/// the token refresher on the main runtime, say) would make every command cross threads twice
+/// (measured: about a sixth of the gateway's CPU, in wake-ups and context switches). Each
+/// runtime therefore gets its own connection, made on first use there. The map is bounded by
+/// the number of runtimes (the workers plus the main one); it is emptied as a whole when a
+/// connection fails or Sentinel names another master, and when it would exceed
+/// [`MAX_RUNTIMES`] (runtimes that ended, e.g. in tests).
 #[derive(Default)]
 struct Slot {
-    current: Mutex<Option<Conn>>,
-    /// The master the current connection goes to (Sentinel only).
+    current: RwLock<HashMap<tokio::runtime::Id, Conn>>,
+    /// The master the current connections go to (Sentinel only).
     master: Mutex<Option<(String, u16)>>,
+}
+
+/// More runtimes than a gateway has workers: past it, connections of ended runtimes are dropped.
+const MAX_RUNTIMES: usize = 64;
+
+fn runtime_id() -> tokio::runtime::Id {
+    tokio::runtime::Handle::current().id()
 }
 
 impl Slot {
     fn conn(&self) -> Option<Conn> {
         self.current
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .get(&runtime_id())
+            .cloned()
     }
 
-    fn set(&self, conn: Option<Conn>, master: Option<(String, u16)>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = conn;
-        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = master;
+    /// Keeps `conn` for this runtime. A connection to another master than the others' (a
+    /// failover happened between two runtimes' connects) replaces them all.
+    fn set(&self, conn: Conn, master: Option<(String, u16)>) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        if *known != master || current.len() >= MAX_RUNTIMES {
+            current.clear();
+        }
+        *known = master;
+        current.insert(runtime_id(), conn);
+    }
+
+    /// Forgets every connection: the next operation on each runtime connects again.
+    fn clear(&self) {
+        self.current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn master(&self) -> Option<(String, u16)> {
@@ -236,14 +270,14 @@ impl Connector {
             .await
             .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
             .map_err(|e| classify(&e))?;
-        self.slot.set(Some(conn.clone()), master);
+        self.slot.set(conn.clone(), master);
         Ok(conn)
     }
 
     /// Forget the connection: the next operation connects again (and, with Sentinel, asks
     /// the sentinels where the master is now).
     fn reset(&self) {
-        self.slot.set(None, None);
+        self.slot.clear();
     }
 
     fn sentinel_infos(
@@ -265,7 +299,9 @@ impl Connector {
 
     fn start_watcher(&self, infos: Vec<redis::ConnectionInfo>, name: String) {
         let mut w = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
-        if w.is_some() {
+        // A watcher whose runtime ended (it runs on the runtime that connected first) is
+        // replaced by one on this runtime.
+        if w.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
         let slot = self.slot.clone();
@@ -284,7 +320,7 @@ impl Connector {
                             to = %format!("{}:{}", now.0, now.1),
                             "Redis master moved (Sentinel failover): reconnecting"
                         );
-                        slot.set(None, None);
+                        slot.clear();
                     }
                 }
             }
@@ -433,7 +469,8 @@ fn is_readonly(e: &RedisError) -> bool {
     e.code() == Some("READONLY")
 }
 
-/// The store's connection: one multiplexed connection per process, whatever the topology.
+/// The store's connection: one multiplexed connection per tokio runtime of the process (see
+/// [`Slot`]), whatever the topology.
 pub(crate) struct RedisConn {
     connector: Connector,
 }

@@ -44,6 +44,7 @@ pub(crate) struct Scripts {
     q_touch: Script,
     q_update: Script,
     q_redrive: Script,
+    inspect: Script,
 }
 
 impl Scripts {
@@ -67,6 +68,7 @@ impl Scripts {
             q_touch: Script::new(include_str!("../lua/q_touch.lua")),
             q_update: Script::new(include_str!("../lua/q_update.lua")),
             q_redrive: Script::new(include_str!("../lua/q_redrive.lua")),
+            inspect: Script::new(include_str!("../lua/inspect.lua")),
         }
     }
 }
@@ -79,6 +81,7 @@ pub struct RedisStore {
     /// For queue workers' blocking reads: one connection per app, apart from `conn`.
     cfg: RedisConfig,
     readers: std::sync::Mutex<std::collections::HashMap<String, Arc<RedisConn>>>,
+    observer: std::sync::OnceLock<Arc<dyn crate::StoreObserver>>,
 }
 
 impl RedisStore {
@@ -95,7 +98,22 @@ impl RedisStore {
             conn: RedisConn::new(cfg.clone()),
             cfg,
             readers: Default::default(),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Runs one store operation, reporting its latency and failure to the observer.
+    async fn timed<T>(
+        &self,
+        script: &'static str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let r = op.await;
+        if let Some(o) = self.observer.get() {
+            o.observe(script, started.elapsed().as_secs_f64(), r.is_ok());
+        }
+        r
     }
 
     pub fn keys(&self) -> &Keys {

@@ -1,6 +1,7 @@
 //! The store's roles on Redis: each method is one script (or one read-only command).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use redis::Value;
@@ -19,13 +20,21 @@ impl Health for RedisStore {
         "redis"
     }
 
+    fn set_observer(&self, observer: Arc<dyn crate::StoreObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
     async fn now_ms(&self) -> Result<u64, StoreError> {
-        let (secs, micros): (u64, u64) = self.conn.cmd(&redis::cmd("TIME")).await?;
+        let (secs, micros): (u64, u64) = self
+            .timed("time", self.conn.cmd(&redis::cmd("TIME")))
+            .await?;
         Ok(secs * 1000 + micros / 1000)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self.conn.cmd(&redis::cmd("PING")).await?;
+        let pong: String = self
+            .timed("ping", self.conn.cmd(&redis::cmd("PING")))
+            .await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -38,8 +47,11 @@ impl Health for RedisStore {
 impl TokenStore for RedisStore {
     async fn read_token(&self, appid: &str) -> Result<Option<StoredToken>, StoreError> {
         let h: HashMap<String, String> = self
-            .conn
-            .cmd(redis::cmd("HGETALL").arg(self.keys.token(appid)))
+            .timed(
+                "token_read",
+                self.conn
+                    .cmd(redis::cmd("HGETALL").arg(self.keys.token(appid))),
+            )
             .await?;
         if h.is_empty() {
             return Ok(None);
@@ -78,7 +90,7 @@ impl TokenStore for RedisStore {
             .arg(&token.node)
             .arg(token.source.as_str())
             .arg(token.age_ms);
-        let v: Vec<u64> = self.conn.run(&inv).await?;
+        let v: Vec<u64> = self.timed("token_write", self.conn.run(&inv)).await?;
         match v.as_slice() {
             [1, expires_at_ms, fetched_at_ms] => Ok(TokenWrite::Written(StoredToken {
                 access_token: token.access_token.clone(),
@@ -98,14 +110,16 @@ impl TokenStore for RedisStore {
     async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError> {
         let mut inv = self.scripts.token_invalidate.prepare_invoke();
         inv.key(self.keys.token(appid)).arg(bad_token);
-        let n: i64 = self.conn.run(&inv).await?;
+        let n: i64 = self.timed("token_invalidate", self.conn.run(&inv)).await?;
         Ok(n == 1)
     }
 
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
         let mut inv = self.scripts.external_token_read.prepare_invoke();
         inv.key(key);
-        let v: Vec<Value> = self.conn.run(&inv).await?;
+        let v: Vec<Value> = self
+            .timed("external_token_read", self.conn.run(&inv))
+            .await?;
         let kind = v.first().and_then(as_string).unwrap_or_default();
         let token = v.get(1).and_then(as_string).unwrap_or_default();
         let expires = match v.get(2) {
@@ -155,7 +169,7 @@ impl Limiter for RedisStore {
         for l in req.limits {
             inv.arg(l.limit).arg(l.window_ms);
         }
-        let v: Vec<Value> = self.conn.run(&inv).await?;
+        let v: Vec<Value> = self.timed("acquire", self.conn.run(&inv)).await?;
         let n = |i: usize| {
             v.get(i)
                 .and_then(as_u64)
@@ -226,7 +240,7 @@ impl Limiter for RedisStore {
         inv.key(self.keys.block(appid, api.as_str()))
             .arg(until_ms)
             .arg(errcode);
-        let _: i64 = self.conn.run(&inv).await?;
+        let _: i64 = self.timed("block", self.conn.run(&inv)).await?;
         Ok(())
     }
 }
@@ -246,28 +260,31 @@ impl Leases for RedisStore {
             .arg(node)
             .arg(ttl_ms)
             .arg(known_fence);
-        let fence: i64 = self.conn.run(&inv).await?;
+        let fence: i64 = self.timed("lease_acquire", self.conn.run(&inv)).await?;
         Ok(u64::try_from(fence).ok())
     }
 
     async fn renew_lease(&self, appid: &str, node: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         let mut inv = self.scripts.lease_renew.prepare_invoke();
         inv.key(self.keys.leader(appid)).arg(node).arg(ttl_ms);
-        let n: i64 = self.conn.run(&inv).await?;
+        let n: i64 = self.timed("lease_renew", self.conn.run(&inv)).await?;
         Ok(n == 1)
     }
 
     async fn release_lease(&self, appid: &str, node: &str) -> Result<bool, StoreError> {
         let mut inv = self.scripts.lease_release.prepare_invoke();
         inv.key(self.keys.leader(appid)).arg(node);
-        let n: i64 = self.conn.run(&inv).await?;
+        let n: i64 = self.timed("lease_release", self.conn.run(&inv)).await?;
         Ok(n == 1)
     }
 
     async fn lease_holder(&self, appid: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .cmd(redis::cmd("GET").arg(self.keys.leader(appid)))
-            .await
+        self.timed(
+            "lease_holder",
+            self.conn
+                .cmd(redis::cmd("GET").arg(self.keys.leader(appid))),
+        )
+        .await
     }
 }
 
@@ -285,7 +302,7 @@ impl Idempotency for RedisStore {
             .arg(req.ttl_ms)
             .arg(req.api.as_str())
             .arg(req.client_msg_id.unwrap_or(""));
-        let v: Vec<Value> = self.conn.run(&inv).await?;
+        let v: Vec<Value> = self.timed("idem_claim", self.conn.run(&inv)).await?;
         let s = |i: usize| v.get(i).and_then(as_string).unwrap_or_default();
         let n = |i: usize| v.get(i).and_then(as_u64).unwrap_or(0);
         let non_empty = |x: String| (!x.is_empty()).then_some(x);
@@ -320,7 +337,7 @@ impl Idempotency for RedisStore {
     ) -> Result<bool, StoreError> {
         let mut inv = self.scripts.idem_attempt.prepare_invoke();
         inv.key(self.keys.idempotency(appid, key)).arg(request_id);
-        let n: i64 = self.conn.run(&inv).await?;
+        let n: i64 = self.timed("idem_attempt", self.conn.run(&inv)).await?;
         Ok(n == 1)
     }
 
@@ -335,7 +352,7 @@ impl Idempotency for RedisStore {
         inv.key(self.keys.idempotency(appid, key))
             .arg(request_id)
             .arg(lease_ms);
-        let n: i64 = self.conn.run(&inv).await?;
+        let n: i64 = self.timed("idem_renew", self.conn.run(&inv)).await?;
         Ok(n == 1)
     }
 
@@ -352,7 +369,7 @@ impl Idempotency for RedisStore {
             .arg(request_id)
             .arg(result)
             .arg(ttl_ms);
-        let n: i64 = self.conn.run(&inv).await?;
+        let n: i64 = self.timed("idem_complete", self.conn.run(&inv)).await?;
         Ok(n == 1)
     }
 
@@ -367,7 +384,7 @@ impl Idempotency for RedisStore {
         inv.key(self.keys.idempotency(appid, key))
             .arg(request_id)
             .arg(u8::from(keep_attempt));
-        let n: i64 = self.conn.run(&inv).await?;
+        let n: i64 = self.timed("idem_release", self.conn.run(&inv)).await?;
         Ok(n == 1)
     }
 }
@@ -375,9 +392,12 @@ impl Idempotency for RedisStore {
 #[async_trait]
 impl Cache for RedisStore {
     async fn get_cached(&self, appid: &str, name: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .cmd(redis::cmd("GET").arg(self.keys.cache(appid, name)))
-            .await
+        self.timed(
+            "cache_get",
+            self.conn
+                .cmd(redis::cmd("GET").arg(self.keys.cache(appid, name))),
+        )
+        .await
     }
 
     async fn put_cached(
@@ -388,15 +408,146 @@ impl Cache for RedisStore {
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
         let _: () = self
-            .conn
-            .cmd(
-                redis::cmd("SET")
-                    .arg(self.keys.cache(appid, name))
-                    .arg(value)
-                    .arg("PX")
-                    .arg(ttl_ms),
+            .timed(
+                "cache_put",
+                self.conn.cmd(
+                    redis::cmd("SET")
+                        .arg(self.keys.cache(appid, name))
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ttl_ms),
+                ),
             )
             .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::inspect::Inspect for RedisStore {
+    async fn inspect_app(
+        &self,
+        q: &crate::inspect::InspectQuery<'_>,
+    ) -> Result<crate::inspect::AppStateRead, StoreError> {
+        use crate::inspect::{AppStateRead, BoundedCount, PauseInfo, TokenInfo, WindowUse};
+        let app = q.appid;
+        let mut inv = self.scripts.inspect.prepare_invoke();
+        inv.key(self.keys.token(app))
+            .key(self.keys.leader(app))
+            .key(self.keys.fence(app))
+            .key(self.keys.epoch(app));
+        for (api, _, window_ms) in q.windows {
+            inv.key(self.keys.window(app, api.as_str(), *window_ms));
+        }
+        for quota in q.quotas {
+            inv.key(self.keys.quota(app, quota.api.as_str()));
+        }
+        for api in q.blocks {
+            inv.key(self.keys.block(app, api.as_str()));
+        }
+        inv.arg(q.windows.len())
+            .arg(q.quotas.len())
+            .arg(q.blocks.len())
+            .arg(q.guard_ms)
+            .arg(q.scan_limit)
+            .arg(self.keys.idempotency_pattern(app))
+            .arg(
+                q.recipient_window_ms
+                    .map(|w| self.keys.recipient_window_pattern(app, w))
+                    .unwrap_or_default(),
+            );
+        for (_, limit, window_ms) in q.windows {
+            inv.arg(*limit).arg(*window_ms);
+        }
+        let v: Vec<Value> = self.timed("inspect", self.conn.run(&inv)).await?;
+        let bad = || protocol("inspect", v.len());
+        let s = |i: usize| v.get(i).and_then(as_string).ok_or_else(bad);
+        let n = |i: usize| v.get(i).and_then(as_u64).ok_or_else(bad);
+        let int = |i: usize| match v.get(i) {
+            Some(Value::Int(x)) => Ok(*x),
+            _ => Err(bad()),
+        };
+        let now_ms = n(0)?;
+        // The token is masked here, before anything else sees it.
+        let token = match s(1)?.as_str() {
+            "" => None,
+            t => Some(TokenInfo {
+                masked: crate::mask(t),
+                expires_at_ms: n(2).unwrap_or(0),
+                fence: n(3).unwrap_or(0),
+                node: s(4)?,
+                fetched_at_ms: n(5).unwrap_or(0),
+                source: match s(6)?.as_str() {
+                    "classic" => TokenSource::Classic,
+                    "external" => TokenSource::External,
+                    _ => TokenSource::Stable,
+                },
+            }),
+        };
+        let leader = match s(7)?.as_str() {
+            "" => None,
+            node => Some((node.to_string(), u64::try_from(int(8)?).unwrap_or(0))),
+        };
+        let fence = n(9).ok();
+        let grant_seq = n(10)?;
+        let lost_at_ms = Some(n(11)?).filter(|t| *t > 0);
+        let mut i = 12;
+        let mut windows = Vec::with_capacity(q.windows.len());
+        for _ in q.windows {
+            windows.push(WindowUse {
+                used: n(i)?,
+                frees_in_ms: n(i + 1)?,
+            });
+            i += 2;
+        }
+        let today = wxgate_protocol::time::beijing_yyyymmdd(now_ms);
+        let mut quotas_used = Vec::with_capacity(q.quotas.len());
+        for _ in q.quotas {
+            quotas_used.push(if s(i)? == today { n(i + 1)? } else { 0 });
+            i += 2;
+        }
+        let mut pauses = Vec::new();
+        for api in q.blocks {
+            let pttl = int(i + 1)?;
+            if pttl > 0 {
+                pauses.push(PauseInfo {
+                    api: *api,
+                    // A pause set by an older version holds text: errcode 0 (unknown).
+                    errcode: s(i)?.parse().unwrap_or(0),
+                    until_ms: now_ms + pttl as u64,
+                });
+            }
+            i += 2;
+        }
+        let counted = |i: usize| -> Result<BoundedCount, StoreError> {
+            Ok(BoundedCount {
+                count: n(i)?,
+                capped: n(i + 1)? == 1,
+            })
+        };
+        Ok(AppStateRead {
+            now_ms,
+            token,
+            fence,
+            leader,
+            windows,
+            quotas_used,
+            pauses,
+            idempotency_records: counted(i)?,
+            recipients_with_window: counted(i + 2)?,
+            grant_seq,
+            lost_at_ms,
+        })
+    }
+
+    async fn lift_pause(&self, appid: &str, api: Api) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .timed(
+                "block_lift",
+                self.conn
+                    .cmd(redis::cmd("DEL").arg(self.keys.block(appid, api.as_str()))),
+            )
+            .await?;
+        Ok(n == 1)
     }
 }

@@ -581,6 +581,88 @@ async fn state_loss_admits(s: &dyn Store, app: &str) {
     );
 }
 
+/// What an operator reads: every figure written above it, the token masked, nothing changed.
+async fn inspect(s: &dyn Store, app: &str) {
+    use wxgate_store::inspect::InspectQuery;
+    let token = "inspect-token-0123456789-abcdefghijkl";
+    s.write_token(app, &new_token(token, 0, "n1"))
+        .await
+        .expect("write");
+    let fence = s
+        .acquire_lease(app, "n1", 10_000, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let quotas = [DailyQuota {
+        api: Api::TemplateSend,
+        limit: 100,
+    }];
+    for user in ["u1", "u2", "u1"] {
+        let l = [
+            limit("template_send", 10, 60_000),
+            limit(&format!("user:{user}"), 5, 30_000),
+        ];
+        assert!(matches!(
+            acquire(s, app, &l, &quotas, &[Api::TemplateSend]).await,
+            Acquire::Granted { .. }
+        ));
+    }
+    let now = s.now_ms().await.unwrap();
+    s.block(app, Api::SubscribeSend, now + 60_000, 45011)
+        .await
+        .unwrap();
+    for key in ["k1", "k2"] {
+        s.claim_idempotency(app, &claim(key, "r", 10_000))
+            .await
+            .unwrap();
+    }
+    let windows = [
+        (Api::TemplateSend, 10, 60_000),
+        (Api::TemplateSend, 3, 60_000),
+    ];
+    let q = InspectQuery {
+        appid: app,
+        windows: &windows,
+        quotas: &quotas,
+        blocks: &[Api::TemplateSend, Api::SubscribeSend],
+        recipient_window_ms: Some(30_000),
+        guard_ms: 0,
+        scan_limit: 10_000,
+    };
+    let r = s.inspect_app(&q).await.expect("inspect");
+    let t = r.token.expect("a token");
+    assert_eq!(t.masked, wxgate_store::mask(token));
+    assert!(!format!("{t:?}").contains(token));
+    assert_eq!(t.node, "n1");
+    assert!(t.expires_at_ms > r.now_ms);
+    assert_eq!(r.fence, Some(fence));
+    let (leader, left) = r.leader.expect("a leader");
+    assert_eq!(leader, "n1");
+    assert!(left > 0 && left <= 10_000, "{left}");
+    assert_eq!(r.windows[0].used, 3);
+    assert_eq!(r.windows[0].frees_in_ms, 0);
+    // Another (unused) window of the same length and name reads the same log.
+    assert_eq!(r.windows[1].used, 3);
+    assert!(r.windows[1].frees_in_ms > 0);
+    assert_eq!(r.quotas_used, vec![3]);
+    assert_eq!(r.pauses.len(), 1);
+    assert_eq!(r.pauses[0].api, Api::SubscribeSend);
+    assert_eq!(r.pauses[0].errcode, 45011);
+    assert_eq!(r.idempotency_records.count, 2);
+    assert!(!r.idempotency_records.capped);
+    assert_eq!(r.recipients_with_window.count, 2);
+    assert_eq!(r.grant_seq, 3);
+    assert_eq!(r.lost_at_ms, None);
+    // Read-only: a second read says the same.
+    let again = s.inspect_app(&q).await.unwrap();
+    assert_eq!(again.windows, r.windows);
+    assert_eq!(again.grant_seq, 3);
+    // Lifting a pause by hand.
+    assert!(s.lift_pause(app, Api::SubscribeSend).await.unwrap());
+    assert!(!s.lift_pause(app, Api::SubscribeSend).await.unwrap());
+    assert!(s.inspect_app(&q).await.unwrap().pauses.is_empty());
+}
+
 type Case = for<'a> fn(
     &'a dyn Store,
     &'a str,
@@ -611,6 +693,7 @@ async fn run_all(backend: &str, make: impl Fn() -> Arc<dyn Store>) {
         idempotency_lease,
         state_loss_holds,
         state_loss_admits,
+        inspect,
     ];
     let total = all.len();
     // The cases are independent: run them concurrently to keep the sleeps from adding up.
@@ -749,12 +832,64 @@ async fn keys_are_readable_namespaced_and_expire() {
         server.cli(&["HGET", &expect("quota:template_send"), "used"]),
         "1"
     );
+    let now = s.now_ms().await.unwrap();
+    assert_eq!(
+        server.cli(&["HGET", &expect("quota:template_send"), "day"]),
+        wxgate_protocol::time::beijing_yyyymmdd(now)
+    );
+    assert_eq!(
+        server.cli(&["HGET", &expect("quota:template_send"), "dn"]),
+        wxgate_protocol::time::beijing_day(now).to_string()
+    );
     assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
     assert_eq!(server.cli(&["HGET", &expect("epoch"), "seq"]), "1");
     assert_eq!(
         server.cli(&["GET", &expect("block:template_send")]),
         "45011"
     );
+}
+
+/// A quota hash without `dn` (written by a version that kept only `day`) still counts for its
+/// day: an upgrade in the middle of a day must not hand out the day's quota again. A hash of
+/// another day starts the count afresh.
+#[tokio::test]
+async fn quota_hashes_of_today_without_a_day_number_keep_counting() {
+    require_redis();
+    let server = RedisServer::start();
+    let p = prefix();
+    let s = redis_store(Topology::Standalone { url: server.url() }, &p);
+    let app = "wx0123456789abcdef";
+    let key = format!("{p}:{{{app}}}:quota:template_send");
+    let now = s.now_ms().await.unwrap();
+    let today = wxgate_protocol::time::beijing_yyyymmdd(now);
+    let q = [DailyQuota {
+        api: Api::TemplateSend,
+        limit: 9,
+    }];
+    server.cli(&["HSET", &key, "day", &today, "used", "8"]);
+    assert!(matches!(
+        acquire(&*s, app, &[], &q, &[]).await,
+        Acquire::Granted { .. }
+    ));
+    assert_eq!(server.cli(&["HGET", &key, "used"]), "9");
+    assert!(matches!(
+        acquire(&*s, app, &[], &q, &[]).await,
+        Acquire::Blocked {
+            cause: BlockCause::Quota { .. },
+            ..
+        }
+    ));
+    // Yesterday's count (with or without its day number) does not count today.
+    let yesterday = wxgate_protocol::time::beijing_yyyymmdd(now - 86_400_000);
+    let dn = (wxgate_protocol::time::beijing_day(now) - 1).to_string();
+    server.cli(&["DEL", &key]);
+    server.cli(&["HSET", &key, "day", &yesterday, "dn", &dn, "used", "9"]);
+    assert!(matches!(
+        acquire(&*s, app, &[], &q, &[]).await,
+        Acquire::Granted { .. }
+    ));
+    assert_eq!(server.cli(&["HGET", &key, "used"]), "1");
+    assert_eq!(server.cli(&["HGET", &key, "day"]), today);
 }
 
 #[tokio::test]

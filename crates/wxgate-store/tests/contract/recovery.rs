@@ -190,3 +190,38 @@ async fn sentinel_failover_during_sends() {
     eprintln!("during the run: {ok} sends admitted, {unavailable} answered unavailable (503)");
     assert!(ok > 50, "sends continued: {ok}");
 }
+
+/// Each tokio runtime gets its own connection (an actix worker's commands never hop to the
+/// thread of the runtime that happened to connect first), and a runtime that ends takes only its
+/// own connection with it: the others keep working, and a new runtime connects afresh.
+#[tokio::test]
+async fn each_runtime_has_its_own_connection_and_outlives_the_others() {
+    require_redis();
+    let server = RedisServer::start();
+    let s = redis_store(Topology::Standalone { url: server.url() }, &prefix());
+    let on_new_runtime = || {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move { try_acquire(&*s).await })
+        })
+        .join()
+        .unwrap()
+    };
+    // A worker-like runtime makes the store's first connection, works, and ends: the
+    // connection's driver task ends with it.
+    assert!(matches!(on_new_runtime(), Ok(Acquire::Granted { .. })));
+    // This runtime's first call already succeeds: it never used the ended runtime's connection.
+    assert!(matches!(
+        try_acquire(&*s).await,
+        Ok(Acquire::Granted { .. })
+    ));
+    assert!(matches!(on_new_runtime(), Ok(Acquire::Granted { .. })));
+    assert!(matches!(
+        try_acquire(&*s).await,
+        Ok(Acquire::Granted { .. })
+    ));
+}
