@@ -246,6 +246,24 @@ async fn async_permanent_failure_is_dead_lettered_and_redriven() {
         listed["dead_letters"][0]["message"]["error"]["wechat_errcode"],
         40037
     );
+    // Inspection shows the queue: the admin state and `wxgate inspect --json`.
+    let r = get(&gw, "/v1/admin/apps/oa/state", OPS_KEY).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["queue"]["dead_letters"], 1, "{:?}", r.body);
+    assert_eq!(r.body["queue"]["depth"], 0, "{:?}", r.body);
+    let out = std::process::Command::new(binary())
+        .args(["inspect", "--json", "--config"])
+        .arg(&cfg)
+        .arg("oa")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["queue"]["dead_letters"], 1, "{state}");
     // Re-driven (the template is fixed now): sent, and out of the dead letters.
     let r = gw
         .request(

@@ -39,6 +39,10 @@ pub struct AppState {
     pub idempotency_records: CountState,
     pub recipients_with_live_window: CountState,
     pub state_loss: StateLoss,
+    /// Queued delivery (Redis store with `queue.enabled`): depth, pending, oldest entry age and
+    /// dead letters; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<wxgate_store::QueueStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +222,7 @@ pub async fn read_app_state(
             grant_seq: r.grant_seq,
             last_detected_at_ms: r.lost_at_ms,
         },
+        queue: None,
     })
 }
 
@@ -225,16 +230,32 @@ impl crate::Engine {
     /// The state of the configured app `name` (`None`: no such app).
     pub async fn app_state(&self, name: &str) -> Option<Result<AppState, StoreError>> {
         let app = self.settings.apps.get(name)?;
-        Some(
-            read_app_state(
-                self.store.inspect.as_ref(),
-                self.backend(),
-                &self.settings,
-                app,
-                DEFAULT_SCAN_LIMIT,
-            )
-            .await,
+        let state = read_app_state(
+            self.store.inspect.as_ref(),
+            self.backend(),
+            &self.settings,
+            app,
+            DEFAULT_SCAN_LIMIT,
         )
+        .await;
+        Some(match state {
+            Ok(s) => self.with_queue_stats(app, s).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Adds the app's queue figures to `state` where the store has a queue.
+    pub async fn with_queue_stats(
+        &self,
+        app: &App,
+        mut state: AppState,
+    ) -> Result<AppState, StoreError> {
+        match self.queue_stats(app).await {
+            Ok(q) => state.queue = Some(q),
+            Err(crate::queue::EnqueueError::Store(e)) => return Err(e),
+            Err(_) => {}
+        }
+        Ok(state)
     }
 
     /// Lifts the pause of `api` for the configured app `name` (`None`: no such app); true when

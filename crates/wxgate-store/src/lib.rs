@@ -538,7 +538,7 @@ pub struct Finish<'a> {
 }
 
 /// What `wxgate inspect` and the metrics show of one app's queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     /// Entries in the stream: queued plus being delivered.
     pub depth: u64,

@@ -44,6 +44,9 @@ pub async fn run(config: Option<&Path>, opts: Options) -> Result<(), String> {
     };
     let store = wxgate_server::startup::open_store(&settings, Arc::new(SystemClock))
         .map_err(|e| e.to_string())?;
+    // For the queue figures (Redis store only).
+    let engine = wxgate_server::startup::offline_engine(settings.clone(), "wxgate-inspect")
+        .map_err(|e| e.to_string())?;
     loop {
         let mut out = String::new();
         for name in &names {
@@ -57,6 +60,10 @@ pub async fn run(config: Option<&Path>, opts: Options) -> Result<(), String> {
             )
             .await
             .map_err(|e| format!("app `{name}`: {e}"))?;
+            let state = engine
+                .with_queue_stats(app, state)
+                .await
+                .map_err(|e| format!("app `{name}`: {e}"))?;
             if opts.json {
                 let line = serde_json::to_string(&state).map_err(|e| e.to_string())?;
                 out.push_str(&line);
@@ -225,6 +232,19 @@ pub fn table(s: &AppState) -> String {
             None => format!("none detected (grant seq {})", s.state_loss.grant_seq),
         },
     );
+    if let Some(q) = &s.queue {
+        row(
+            &mut o,
+            "queue",
+            format!(
+                "{} queued ({} being delivered), oldest {}, {} dead letters",
+                q.depth,
+                q.pending,
+                q.oldest_age_ms.map(dur).unwrap_or_else(|| "-".into()),
+                q.dead_letters
+            ),
+        );
+    }
     o
 }
 
