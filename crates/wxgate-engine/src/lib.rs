@@ -274,7 +274,7 @@ impl Engine {
         let latency_ms = started.elapsed().as_millis() as u64;
         let outcome = match &d.result {
             Ok(_) => "sent",
-            Err(e) => e.code(),
+            Err(e) => e.code().as_str(),
         };
         self.metrics
             .sends
@@ -301,7 +301,7 @@ impl Engine {
             Err(e) => tracing::warn!(
                 app = %app.name,
                 api = api.as_str(),
-                code = e.code(),
+                code = e.code().as_str(),
                 wechat_errcode = e.wechat_errcode(),
                 latency_ms,
                 error = %e,

@@ -6,6 +6,7 @@
 //! reaches WeChat and changes nothing.
 
 use std::time::{Duration, Instant};
+use wxgate_protocol::error_code::ErrorCode;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -56,7 +57,7 @@ fn resolve_caller<'a>(
 fn wrong_kind(app: &App, what: &str, needs: AppKind) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
-        "unsupported_for_app",
+        ErrorCode::UnsupportedForApp,
         format!(
             "app `{}` is a {}; {what} need a {}",
             app.name,
@@ -211,7 +212,7 @@ fn refused(state: &AppState, app: &str, endpoint: Endpoint, e: &ApiError) {
         .get_or_create(&wxgate_engine::metrics::SendLabels {
             app: app.to_string(),
             api: api.as_str().to_string(),
-            outcome: e.code.to_string(),
+            outcome: e.code.as_str().to_string(),
         })
         .inc();
 }
@@ -282,7 +283,7 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
             "store": state.engine.backend(),
             "node": state.engine.node_id(),
         })),
-        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)
+        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, why)
             .retryable(true)
             .to_response(&RequestId::of(&req)),
     }
@@ -372,7 +373,7 @@ pub async fn invalidate_token(
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no route for {}", req.path()),
     )
     .to_response(&RequestId::of(&req))
@@ -381,7 +382,7 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}", req.method(), req.path()),
     )
     .to_response(&RequestId::of(&req))
