@@ -8,6 +8,7 @@ mod drain;
 mod hardening;
 mod limits;
 mod malformed;
+mod openapi;
 mod quickstart;
 mod redis_store;
 mod sends;

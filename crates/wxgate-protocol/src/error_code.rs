@@ -105,6 +105,29 @@ impl serde::Serialize for ErrorCode {
     }
 }
 
+/// The schema of `code`: a string, one of [`ErrorCode::ALL`], each described.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let described = ErrorCode::ALL
+            .iter()
+            .map(|c| format!("- `{}`: {}", c.as_str(), c.description().trim()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .description(Some(format!(
+                "A stable, machine-readable error code:\n{described}"
+            )))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ErrorCode {}
+
 #[cfg(test)]
 mod tests {
     use super::ErrorCode;

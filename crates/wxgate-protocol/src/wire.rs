@@ -49,6 +49,7 @@ pub struct ErrorResponse {
 }
 
 /// One `data` entry: `{"value": "..."}`. `color` is accepted (WeChat ignores it since 2023-05-04).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataValue {
@@ -90,6 +91,7 @@ fn unique_data<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MessageData, D:
 }
 
 /// A mini program to open from a message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MiniProgramLink {
@@ -99,6 +101,7 @@ pub struct MiniProgramLink {
 }
 
 /// Body of `POST /cgi-bin/message/template/send` (Official Account template message).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateMessage {
@@ -116,6 +119,7 @@ pub struct TemplateMessage {
 }
 
 /// `miniprogram_state` of a Mini Program subscribe message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MiniprogramState {
@@ -125,6 +129,7 @@ pub enum MiniprogramState {
 }
 
 /// `lang` of a Mini Program subscribe message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Lang {
     #[serde(rename = "zh_CN")]
@@ -138,6 +143,7 @@ pub enum Lang {
 }
 
 /// Body of `POST /cgi-bin/message/subscribe/send` (Mini Program subscribe message).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeMessage {
@@ -154,6 +160,7 @@ pub struct SubscribeMessage {
 }
 
 /// Body of `POST /cgi-bin/message/subscribe/bizsend` (Official Account subscribe message).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BizsendMessage {

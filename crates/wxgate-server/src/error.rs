@@ -32,14 +32,22 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The one error shape: every failure (4xx and 5xx) is answered with it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// Stable and machine-readable.
     code: ErrorCode,
+    /// For humans; may change between versions.
     message: &'a str,
+    /// The input at fault, when there is one: a body field (`data.thing1.value`), a header
+    /// (`Idempotency-Key`, `Authorization`) or `app`.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// WeChat's errcode, when WeChat answered.
     wechat_errcode: Option<i64>,
+    /// Whether sending the same request again later can succeed (see `Retry-After`).
     retryable: bool,
+    /// The request's id (`X-Request-Id`).
     request_id: &'a str,
 }
 
@@ -127,7 +135,7 @@ impl ApiError {
 
     /// The JSON body (for storing under an idempotency key).
     pub fn body_json(&self, request_id: &str) -> serde_json::Value {
-        serde_json::to_value(Body {
+        serde_json::to_value(ErrorBody {
             code: self.code,
             message: &self.message,
             field: self.field.as_deref(),

@@ -13,22 +13,28 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use wxgate_config::{App, AppKind, Scope};
 use wxgate_engine::{Delivery, Outgoing, SendRequest, Token};
-use wxgate_protocol::wire::{BizsendMessage, SubscribeMessage, TemplateMessage};
+use wxgate_protocol::wire::{self, BizsendMessage, SubscribeMessage, TemplateMessage};
 
 use crate::auth;
 use crate::body;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::request_id::RequestId;
 use crate::startup::AppState;
 use crate::validate;
 
-#[derive(Serialize)]
-struct SentBody<'a> {
+/// The answer to a send that WeChat accepted.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SentBody<'a> {
+    /// Always `sent`.
+    #[schema(example = "sent")]
     status: &'static str,
     /// A decimal string: WeChat's msgids exceed 2^53, which JSON numbers lose in JavaScript.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2918131553548107776")]
     msgid: Option<String>,
+    /// Calls made to WeChat (2 when the first token was rejected and the send retried once).
     attempts: u32,
+    /// The request's id (the original request's id on an idempotent replay).
     request_id: &'a str,
 }
 
@@ -94,6 +100,24 @@ fn prefer_wait(req: &HttpRequest, cap: Duration) -> Option<Duration> {
         .map(|n| Duration::from_secs(n).min(cap))
         .next()
 }
+
+/// The body of `/messages/subscribe` (documentation only): a Mini Program app takes
+/// [`SubscribeMessage`], an Official Account app [`BizsendMessage`]. `anyOf`, not `oneOf`: a
+/// body with only the common fields fits both.
+pub(crate) struct SubscribeBody;
+
+impl utoipa::PartialSchema for SubscribeBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::AnyOfBuilder;
+        use utoipa::openapi::Ref;
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name("SubscribeMessage"))
+            .item(Ref::from_schema_name("BizsendMessage"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SubscribeBody {}
 
 /// Which send endpoint was called.
 #[derive(Clone, Copy)]
@@ -240,6 +264,31 @@ fn answer(rid: &str, d: Delivery) -> Result<HttpResponse, ApiError> {
     Ok(resp)
 }
 
+/// Sends an Official Account template message (`/cgi-bin/message/template/send`).
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/messages/template",
+    tag = "messages",
+    operation_id = "send_template",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 printable ASCII characters. The first request with a key claims it cluster-wide; a repeat gets the kept answer (`Idempotent-Replayed: true`) without calling WeChat, or `409 in_progress` while the first still runs."),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): when a window is full, wait up to N seconds (capped by `limits.max_wait_secs`) for a permit instead of answering 429."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    request_body(content = wire::TemplateMessage, content_type = "application/json", description = "WeChat's own template-message body; unknown fields are refused. `template_id` may be a registered alias."),
+    responses(
+        (status = 200, description = "Sent: WeChat accepted the message.", body = SentBody, headers(
+            ("Idempotent-Replayed" = Option<String>, description = "`true` on the kept answer of an earlier request with the same `Idempotency-Key`"),
+            ("X-Request-Id" = String, description = "The request's id"),
+            ("traceparent" = String, description = "The request's W3C trace context"),
+        )),
+        (status = "4XX", description = "Refused: nothing was sent, counted or stored. `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "WeChat, the store or the token failed; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn send_template(
     req: HttpRequest,
     path: web::Path<String>,
@@ -249,6 +298,32 @@ pub async fn send_template(
     send(req, path, payload, state, Endpoint::Template).await
 }
 
+/// Sends a subscribe message: `/cgi-bin/message/subscribe/send` for a Mini Program app,
+/// `/cgi-bin/message/subscribe/bizsend` for an Official Account app.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/messages/subscribe",
+    tag = "messages",
+    operation_id = "send_subscribe",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 printable ASCII characters. The first request with a key claims it cluster-wide; a repeat gets the kept answer (`Idempotent-Replayed: true`) without calling WeChat, or `409 in_progress` while the first still runs."),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): when a window is full, wait up to N seconds (capped by `limits.max_wait_secs`) for a permit instead of answering 429."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    request_body(content = SubscribeBody, content_type = "application/json", description = "WeChat's own body: `SubscribeMessage` for a Mini Program app, `BizsendMessage` for an Official Account app; fields of the other shape are refused."),
+    responses(
+        (status = 200, description = "Sent: WeChat accepted the message.", body = SentBody, headers(
+            ("Idempotent-Replayed" = Option<String>, description = "`true` on the kept answer of an earlier request with the same `Idempotency-Key`"),
+            ("X-Request-Id" = String, description = "The request's id"),
+            ("traceparent" = String, description = "The request's W3C trace context"),
+        )),
+        (status = "4XX", description = "Refused: nothing was sent, counted or stored. `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "WeChat, the store or the token failed; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn send_subscribe(
     req: HttpRequest,
     path: web::Path<String>,
@@ -259,18 +334,95 @@ pub async fn send_subscribe(
 }
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String),
+    ),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.engine.metrics().encode())
 }
 
+/// The answer of `/healthz`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// The answer of `/readyz` when ready.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// `memory` or `redis`.
+    store: &'static str,
+    /// This node's id.
+    node: String,
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "openapi",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)),
+)]
+pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.openapi_json.clone())
 }
 
 /// Ready when the engine is (store, required tokens, template registry) and the node is not
 /// draining (then at once 503, without asking the engine).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "Ready: the store answers, required tokens and templates are usable, not draining", body = Ready),
+        (status = 503, description = "`not_ready`: draining, or what is missing", body = ErrorBody),
+    ),
+)]
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let readiness = if state.drain.is_draining() {
         Err("draining: this node is shutting down; send to another replica".to_string())
@@ -278,24 +430,26 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         state.engine.readiness().await
     };
     match readiness {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({
-            "status": "ready",
-            "store": state.engine.backend(),
-            "node": state.engine.node_id(),
-        })),
+        Ok(()) => HttpResponse::Ok().json(Ready {
+            status: "ready",
+            store: state.engine.backend(),
+            node: state.engine.node_id().to_string(),
+        }),
         Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, why)
             .retryable(true)
             .to_response(&RequestId::of(&req)),
     }
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
+/// The cluster's access_token of an app.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenBody<'a> {
     access_token: &'a str,
     /// Seconds left, like WeChat's own answer.
     expires_in: u64,
     expires_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Only on `invalidate`: false when the reported token was no longer the current one.
     invalidated: Option<bool>,
     request_id: &'a str,
 }
@@ -321,6 +475,23 @@ fn token_response(
 
 /// `GET /v1/apps/{app}/access_token`: the cluster's token, for internal services that call
 /// other WeChat APIs. Needs the `token` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/access_token",
+    tag = "tokens",
+    operation_id = "access_token",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "The token every replica uses (`Cache-Control: no-store`)", body = TokenBody),
+        (status = "4XX", description = "Refused: `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "No token could be obtained; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn access_token(
     req: HttpRequest,
     path: web::Path<String>,
@@ -335,14 +506,34 @@ pub async fn access_token(
     respond(&req, result)
 }
 
-#[derive(serde::Deserialize)]
+/// The token WeChat rejected (`40001`, `42001`, `40014`).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InvalidateBody {
+pub(crate) struct InvalidateBody {
+    #[schema(min_length = 1, max_length = 2048)]
     access_token: String,
 }
 
 /// `POST /v1/apps/{app}/access_token/invalidate` with `{"access_token": "<the rejected one>"}`:
 /// the same single-flight recovery a send gets. Answers with the token to use now.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/access_token/invalidate",
+    tag = "tokens",
+    operation_id = "invalidate_token",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    request_body(content = InvalidateBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The token to use now (`Cache-Control: no-store`)", body = TokenBody),
+        (status = "4XX", description = "Refused: `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "No token could be obtained; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn invalidate_token(
     req: HttpRequest,
     path: web::Path<String>,
