@@ -13,4 +13,5 @@ mod quickstart;
 mod redis_store;
 mod sends;
 mod tokens;
+mod tracing;
 mod wechat_errors;

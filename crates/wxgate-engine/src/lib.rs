@@ -302,7 +302,7 @@ impl Engine {
                 app = %app.name,
                 api = api.as_str(),
                 code = e.code().as_str(),
-                wechat_errcode = e.wechat_errcode(),
+                errcode = e.wechat_errcode(),
                 latency_ms,
                 error = %e,
                 "send failed"

@@ -197,6 +197,10 @@ async fn send(
             }
         };
         let rid = RequestId::of(&req);
+        // The request's log span names the app and API from here on.
+        tracing::Span::current()
+            .record("app", i.app.name.as_str())
+            .record("api", endpoint_api(endpoint).as_str());
         let delivery = state
             .engine
             .send(SendRequest {
@@ -215,6 +219,14 @@ async fn send(
     respond(&req, result)
 }
 
+/// The API an endpoint is counted and logged under.
+fn endpoint_api(endpoint: Endpoint) -> wxgate_protocol::api::Api {
+    match endpoint {
+        Endpoint::Template => wxgate_protocol::api::Api::TemplateSend,
+        Endpoint::Subscribe => wxgate_protocol::api::Api::SubscribeSend,
+    }
+}
+
 /// Counts a send refused before the engine (bad input, authentication, the registry) in
 /// `wxgate_sends_total` with its error code, like every other answer. The app label is the
 /// configured app's name, or `-` for a name that is not configured (bounded cardinality).
@@ -225,10 +237,7 @@ fn refused(state: &AppState, app: &str, endpoint: Endpoint, e: &ApiError) {
     } else {
         "-"
     };
-    let api = match endpoint {
-        Endpoint::Template => wxgate_protocol::api::Api::TemplateSend,
-        Endpoint::Subscribe => wxgate_protocol::api::Api::SubscribeSend,
-    };
+    let api = endpoint_api(endpoint);
     state
         .engine
         .metrics()

@@ -17,6 +17,7 @@ use wxgate_server::{Application, BuildOptions};
 
 mod client_errors;
 mod dev;
+mod flat_json;
 
 #[derive(Parser)]
 #[command(
@@ -84,9 +85,8 @@ fn init_logging(format: LogFormat) {
     let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi);
     let fmt = match format {
         LogFormat::Json => fmt
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(flat_json::FlatJson)
             .boxed(),
         LogFormat::Text => fmt.boxed(),
     };
