@@ -9,6 +9,8 @@ mod hardening;
 mod limits;
 mod malformed;
 mod openapi;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod quickstart;
 mod redis_store;
 mod sends;

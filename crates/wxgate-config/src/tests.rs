@@ -386,7 +386,10 @@ fn tracing_otlp_endpoint_is_optional_and_must_be_http() {
         "[server]\nallow_empty_config = true\n[tracing]\notlp_endpoint = \"http://otel:4318/\"\nservice_name = \"gw-eu\"\n",
     )
     .unwrap();
-    assert_eq!(on.tracing.otlp_endpoint.as_deref(), Some("http://otel:4318"));
+    assert_eq!(
+        on.tracing.otlp_endpoint.as_deref(),
+        Some("http://otel:4318")
+    );
     assert_eq!(on.tracing.service_name, "gw-eu");
     let bad = Settings::from_toml_str(
         "[server]\nallow_empty_config = true\n[tracing]\notlp_endpoint = \"otel:4318\"\n",

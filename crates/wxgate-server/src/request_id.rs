@@ -56,12 +56,13 @@ pub async fn middleware(
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let ctx = req
+    let parent = req
         .headers()
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map(|parent| parent.child())
+        .and_then(TraceContext::parse);
+    let ctx = parent
+        .map(|p| p.child())
         .unwrap_or_else(TraceContext::new_root);
     // `app` and `api` are filled in by the send handlers once the app is resolved.
     let span = tracing::info_span!(
@@ -73,10 +74,16 @@ pub async fn middleware(
         path = %req.path(),
         app = tracing::field::Empty,
         api = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+        status = tracing::field::Empty,
     );
+    if let Some(p) = parent {
+        span.record("parent_span_id", p.span_id_hex());
+    }
     let started = Instant::now();
     let mut resp = trace::scope(ctx, next.call(req).instrument(span.clone())).await?;
     let status = resp.status().as_u16();
+    span.record("status", status);
     // A send logs its own info line (app, msgid or errcode); the access line is info only for
     // refused requests, so a successful send costs one log line, not two.
     let latency_ms = started.elapsed().as_millis() as u64;
