@@ -176,7 +176,7 @@ async fn readme_examples_fit_the_openapi_document() {
     let examples = readme_examples();
     let with_body = examples.iter().filter(|e| e.body.is_some()).count();
     assert!(
-        examples.len() >= 5 && with_body >= 4,
+        examples.len() >= 6 && with_body >= 4,
         "the README's curl examples were not found: {examples:?}"
     );
     for ex in &examples {
