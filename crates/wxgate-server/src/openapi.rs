@@ -39,6 +39,7 @@ use crate::routes;
         wire::SubscribeMessage,
         wire::BizsendMessage,
         wire::DataValue,
+        wire::MessageDataSchema,
         wire::MiniProgramLink,
         wire::MiniprogramState,
         wire::Lang,
@@ -64,7 +65,7 @@ impl Modify for BearerKey {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "An API key of `[[api_keys]]`; its scopes (`send`, `token`) and apps \
+                        "An API key of `[api_keys.<name>]`; its scopes (`send`, `token`) and apps \
                          decide what it may call.",
                     ))
                     .build(),
@@ -123,6 +124,21 @@ mod tests {
         assert!(
             undocumented.is_empty() && unserved.is_empty(),
             "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
+        );
+    }
+
+    #[test]
+    fn message_data_is_a_named_map_of_data_values() {
+        let doc: serde_json::Value = serde_json::from_str(&super::json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas.get("BTreeMap").is_none(), "{schemas:#}");
+        assert_eq!(
+            schemas["TemplateMessage"]["properties"]["data"]["$ref"],
+            "#/components/schemas/MessageData"
+        );
+        assert_eq!(
+            schemas["MessageData"]["additionalProperties"]["$ref"],
+            "#/components/schemas/DataValue"
         );
     }
 
