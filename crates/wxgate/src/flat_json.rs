@@ -92,3 +92,74 @@ impl Visit for Fields<'_> {
             .insert(field.name().into(), Value::String(value.to_string()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::format::JsonFields;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::FlatJson;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn span_and_event_fields_are_top_level_keys() {
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonFields::new())
+                .event_format(FlatJson)
+                .with_writer(buf.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let request = tracing::info_span!(
+                "request",
+                request_id = "r-1",
+                trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
+                span_id = "00f067aa0ba902b7",
+                app = tracing::field::Empty,
+            );
+            let _r = request.enter();
+            request.record("app", "oa");
+            let attempt = tracing::info_span!("upstream_attempt", span_id = "b7ad6b7169203331");
+            let _a = attempt.enter();
+            tracing::info!(msgid = 42u64, errcode = 0i64, api = "template_send", "sent");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["request_id"], "r-1", "{v}");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["app"], "oa", "a field recorded after the span opened");
+        assert_eq!(v["span_id"], "b7ad6b7169203331", "the inner span wins");
+        assert_eq!(v["span"], "upstream_attempt");
+        assert_eq!(
+            (v["msgid"].as_u64(), v["errcode"].as_i64()),
+            (Some(42), Some(0))
+        );
+        assert_eq!(
+            (&v["api"], &v["message"], &v["level"]),
+            (&"template_send".into(), &"sent".into(), &"INFO".into())
+        );
+        assert!(v.get("fields").is_none() && v.get("spans").is_none(), "{v}");
+    }
+}
