@@ -293,6 +293,17 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
         (wxgate_config::StoreKind::Redis, None) => "Redis".to_string(),
     };
     println!("  store: {store}");
+    if let Some(endpoint) = &s.tracing.otlp_endpoint {
+        let built = if cfg!(feature = "otlp") {
+            ""
+        } else {
+            " — but this binary was built without the `otlp` feature: nothing will be exported"
+        };
+        println!(
+            "  tracing: spans to {endpoint}/v1/traces as service `{}`{built}",
+            s.tracing.service_name
+        );
+    }
     for app in s.apps.values() {
         println!(
             "  app {}: appid {}, {}, token {}, secret from {}",
