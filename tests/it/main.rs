@@ -10,8 +10,12 @@ mod drain;
 mod hardening;
 mod limits;
 mod malformed;
+mod openapi;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod quickstart;
 mod redis_store;
 mod sends;
 mod tokens;
+mod tracing;
 mod wechat_errors;
