@@ -12,10 +12,12 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
+# Optional cargo features of the binary: --build-arg FEATURES=otlp for OTLP span export.
+ARG FEATURES=""
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p wxgate \
+    cargo build --release --locked -p wxgate ${FEATURES:+--features "$FEATURES"} \
     && install -D -m 0755 target/release/wxgate /out/wxgate
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -11,9 +11,13 @@ mod drain;
 mod hardening;
 mod limits;
 mod malformed;
+mod openapi;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod queue;
 mod quickstart;
 mod redis_store;
 mod sends;
 mod tokens;
+mod tracing;
 mod wechat_errors;

@@ -29,7 +29,7 @@ pub const OA_ONLY_KEY: &str = "test-key-oa-only-0001";
 
 /// Gateway configuration used by [`spawn`]: `oa` is the fake's demo Official Account, `mini` its
 /// demo Mini Program. `{base_url}` and `{extra}` are filled in.
-fn gateway_toml(base_url: &str, refresh_ahead_secs: u64, extra: &str) -> String {
+pub fn gateway_toml(base_url: &str, refresh_ahead_secs: u64, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -467,12 +467,28 @@ pub struct GatewayProcess {
     /// The configuration as given (with `{port}`), and the file written from it.
     config: String,
     config_file: PathBuf,
+    /// Environment variables of the process (e.g. `WXGATE_LOG`).
+    env: Vec<(String, String)>,
 }
 
 impl GatewayProcess {
     /// Starts `wxgate serve` with `config` (TOML; `{port}` and `{node_id}` are filled in).
     pub fn start(dir: &std::path::Path, node_id: &str, config: &str) -> GatewayProcess {
+        Self::start_with_env(dir, node_id, config, &[])
+    }
+
+    /// Like [`GatewayProcess::start`], with environment variables for the process.
+    pub fn start_with_env(
+        dir: &std::path::Path,
+        node_id: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let mut p = GatewayProcess {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             node_id: node_id.to_string(),
             url: String::new(),
             log: dir.join(format!("{node_id}.log")),
@@ -502,6 +518,7 @@ impl GatewayProcess {
             .unwrap();
         let child = std::process::Command::new(binary())
             .args(["serve", "--config"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg(&self.config_file)
             .stdout(out.try_clone().unwrap())
             .stderr(out)

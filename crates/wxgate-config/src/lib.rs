@@ -65,6 +65,7 @@ impl ConfigError {
 pub struct Settings {
     pub server: ServerSettings,
     pub upstream: UpstreamSettings,
+    pub tracing: TracingSettings,
     pub store: StoreSettings,
     pub token: TokenSettings,
     pub sending: sending::SendingSettings,
@@ -94,6 +95,16 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Start even with no app or no API key (otherwise `serve` refuses).
     pub allow_empty_config: bool,
+}
+
+/// `[tracing]`: OTLP export of spans (used by a binary built with the `otlp` feature).
+#[derive(Debug, Clone)]
+pub struct TracingSettings {
+    /// Base URL of an OTLP/HTTP receiver (`http://collector:4318`); spans are POSTed to
+    /// `<endpoint>/v1/traces` as protobuf. `None`: no export.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of the exported spans.
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone)]

@@ -18,6 +18,7 @@ use crate::{
 pub(crate) struct RawSettings {
     server: RawServer,
     upstream: RawUpstream,
+    tracing: RawTracing,
     store: RawStore,
     token: RawToken,
     limits: RawSending,
@@ -73,6 +74,22 @@ struct RawUpstream {
     connect_timeout_ms: u64,
     request_timeout_ms: u64,
     pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    service_name: String,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "wxgate".into(),
+        }
+    }
 }
 
 impl Default for RawUpstream {
@@ -536,6 +553,29 @@ impl RawSettings {
         problems.extend(listen.as_ref().err().cloned());
         problems.extend(server_ok.err());
         problems.extend(upstream_ok.err());
+        let otlp_endpoint = self
+            .tracing
+            .otlp_endpoint
+            .as_deref()
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty());
+        if let Some(e) = &otlp_endpoint {
+            let host = e.strip_prefix("http://").unwrap_or("");
+            if host.is_empty() || host.contains(['?', '#', ' ']) {
+                problems.push(ConfigError::at(
+                    "tracing.otlp_endpoint",
+                    format!(
+                        "`{e}` is not an http:// URL of an OTLP/HTTP receiver (e.g. http://otel-collector:4318; spans go to <endpoint>/v1/traces)"
+                    ),
+                ));
+            }
+        }
+        if self.tracing.service_name.trim().is_empty() || self.tracing.service_name.len() > 128 {
+            problems.push(ConfigError::at(
+                "tracing.service_name",
+                "must be 1 to 128 characters",
+            ));
+        }
 
         let mut apps = BTreeMap::new();
         let mut appids = BTreeSet::new();
@@ -883,6 +923,10 @@ impl RawSettings {
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
                 request_timeout: Duration::from_millis(self.upstream.request_timeout_ms),
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+            },
+            tracing: crate::TracingSettings {
+                otlp_endpoint,
+                service_name: self.tracing.service_name.trim().to_string(),
             },
             store,
             token,

@@ -411,3 +411,25 @@ fn queue_section_defaults_and_validation() {
     );
     check_err(&format!("[queue]\nsurprise = 1\n{MINIMAL}"), "surprise");
 }
+
+#[test]
+fn tracing_otlp_endpoint_is_optional_and_must_be_http() {
+    let none = Settings::from_toml_str("[server]\nallow_empty_config = true\n").unwrap();
+    assert_eq!(none.tracing.otlp_endpoint, None);
+    assert_eq!(none.tracing.service_name, "wxgate");
+    let on = Settings::from_toml_str(
+        "[server]\nallow_empty_config = true\n[tracing]\notlp_endpoint = \"http://otel:4318/\"\nservice_name = \"gw-eu\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        on.tracing.otlp_endpoint.as_deref(),
+        Some("http://otel:4318")
+    );
+    assert_eq!(on.tracing.service_name, "gw-eu");
+    let bad = Settings::from_toml_str(
+        "[server]\nallow_empty_config = true\n[tracing]\notlp_endpoint = \"otel:4318\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("tracing.otlp_endpoint"), "{bad}");
+}

@@ -277,7 +277,7 @@ impl Engine {
         let latency_ms = started.elapsed().as_millis() as u64;
         let outcome = match &d.result {
             Ok(_) => "sent",
-            Err(e) => e.code(),
+            Err(e) => e.code().as_str(),
         };
         self.metrics
             .sends
@@ -304,8 +304,8 @@ impl Engine {
             Err(e) => tracing::warn!(
                 app = %app.name,
                 api = api.as_str(),
-                code = e.code(),
-                wechat_errcode = e.wechat_errcode(),
+                code = e.code().as_str(),
+                errcode = e.wechat_errcode(),
                 latency_ms,
                 error = %e,
                 "send failed"

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use wxgate_protocol::api::Api;
 use wxgate_protocol::errcode::{self, ErrorClass};
+use wxgate_protocol::error_code::ErrorCode;
 
 /// WeChat accepted the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,32 +144,32 @@ fn quota_note(class: ErrorClass, retry_after_ms: Option<u64>) -> String {
 impl SendError {
     /// The stable machine code callers match on (also the `outcome` label of
     /// `wxgate_sends_total`).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Paused { class, .. } => match class {
-                ErrorClass::QuotaExhausted => "quota_exhausted",
-                _ => "rate_limited",
+                ErrorClass::QuotaExhausted => ErrorCode::QuotaExhausted,
+                _ => ErrorCode::RateLimited,
             },
-            Self::QuotaExhausted { .. } => "quota_exhausted",
+            Self::QuotaExhausted { .. } => ErrorCode::QuotaExhausted,
             Self::Wechat { class, .. } => match class {
-                ErrorClass::TokenRefresh => "upstream_token_rejected",
-                ErrorClass::Backoff => "upstream_unavailable",
-                ErrorClass::RateLimited => "rate_limited",
-                ErrorClass::QuotaExhausted => "quota_exhausted",
-                ErrorClass::Caller => "rejected_by_wechat",
-                ErrorClass::Config => "app_misconfigured",
-                ErrorClass::Unclassified => "upstream_error",
+                ErrorClass::TokenRefresh => ErrorCode::UpstreamTokenRejected,
+                ErrorClass::Backoff => ErrorCode::UpstreamUnavailable,
+                ErrorClass::RateLimited => ErrorCode::RateLimited,
+                ErrorClass::QuotaExhausted => ErrorCode::QuotaExhausted,
+                ErrorClass::Caller => ErrorCode::RejectedByWechat,
+                ErrorClass::Config => ErrorCode::AppMisconfigured,
+                ErrorClass::Unclassified => ErrorCode::UpstreamError,
             },
-            Self::Unreachable { .. } => "upstream_unreachable",
-            Self::OutcomeUnknown { .. } => "upstream_outcome_unknown",
-            Self::TokenUnavailable { .. } => "token_unavailable",
-            Self::AppMisconfigured { .. } => "app_misconfigured",
-            Self::StoreUnavailable { .. } => "store_unavailable",
-            Self::InProgress { .. } => "in_progress",
-            Self::TemplatesUnavailable { .. } => "templates_unavailable",
-            Self::InvalidField { .. } => "invalid_field",
-            Self::Internal { .. } => "internal_error",
+            Self::Unreachable { .. } => ErrorCode::UpstreamUnreachable,
+            Self::OutcomeUnknown { .. } => ErrorCode::UpstreamOutcomeUnknown,
+            Self::TokenUnavailable { .. } => ErrorCode::TokenUnavailable,
+            Self::AppMisconfigured { .. } => ErrorCode::AppMisconfigured,
+            Self::StoreUnavailable { .. } => ErrorCode::StoreUnavailable,
+            Self::InProgress { .. } => ErrorCode::InProgress,
+            Self::TemplatesUnavailable { .. } => ErrorCode::TemplatesUnavailable,
+            Self::InvalidField { .. } => ErrorCode::InvalidField,
+            Self::Internal { .. } => ErrorCode::InternalError,
         }
     }
 
@@ -274,7 +275,11 @@ mod tests {
     fn check(errcode: i64, code: &str, retryable: bool) {
         let class = errcode::classify(errcode, errcode::Endpoint::Business);
         let e = SendError::wechat(errcode, "msg", class, 1_000);
-        assert_eq!((e.code(), e.retryable()), (code, retryable), "{errcode}");
+        assert_eq!(
+            (e.code().as_str(), e.retryable()),
+            (code, retryable),
+            "{errcode}"
+        );
         assert_eq!(e.wechat_errcode(), Some(errcode));
     }
 

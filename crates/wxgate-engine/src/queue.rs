@@ -557,7 +557,7 @@ impl Engine {
                 let err = QueuedError::of(&e);
                 if e.retryable() && attempts < cfg.max_attempts && delivery.replayed_from.is_none()
                 {
-                    tracing::info!(app = %app.name, id, attempts, code = e.code(), "queued message will be retried once its entry is idle");
+                    tracing::info!(app = %app.name, id, attempts, code = e.code().as_str(), "queued message will be retried once its entry is idle");
                     let fields = [
                         ("state", "queued".to_string()),
                         ("attempts", attempts.to_string()),

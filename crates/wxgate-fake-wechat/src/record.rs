@@ -34,6 +34,10 @@ pub struct CallRecord {
     /// `"errcode"`, `"latency"`, `"drop"` or `"drop_after_processing"` when a fault applied to
     /// this call.
     pub fault: Option<String>,
+    /// The W3C `traceparent` header the call carried, as received (tests check that the
+    /// gateway forwards its request's trace).
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// A fault to inject into the next `count` matching calls.

@@ -185,6 +185,10 @@ async fn wechat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         path,
         is_post: req.method() == Method::POST,
         params,
+        traceparent: req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
     };
     let mut latency_applied = false;
     loop {

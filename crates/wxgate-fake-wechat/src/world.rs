@@ -126,6 +126,8 @@ pub(crate) struct Request<'a> {
     pub(crate) path: &'a str,
     pub(crate) is_post: bool,
     pub(crate) params: Params<'a>,
+    /// The `traceparent` header, recorded as received.
+    pub(crate) traceparent: Option<&'a str>,
 }
 
 pub(crate) enum Params<'a> {
@@ -384,6 +386,7 @@ struct Rec {
     fault: Option<&'static str>,
     /// A `drop_after_processing` fault applies: process normally, then break the connection.
     drop_after_processing: bool,
+    traceparent: Option<String>,
 }
 
 impl Rec {
@@ -403,6 +406,7 @@ impl Rec {
             deduplicated: self.deduplicated,
             dropped: self.dropped,
             fault: self.fault.map(str::to_string),
+            traceparent: self.traceparent.clone(),
         }
     }
 }
@@ -618,6 +622,7 @@ impl World {
             dropped: false,
             fault: latency_applied.then_some("latency"),
             drop_after_processing: false,
+            traceparent: req.traceparent.map(str::to_string),
         };
         let check_faults = !latency_applied;
         let mut outcome = match (req.api, &req.params) {

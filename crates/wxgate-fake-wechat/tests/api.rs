@@ -876,6 +876,7 @@ async fn record_contents() {
             deduplicated: false,
             dropped: false,
             fault: None,
+            traceparent: None,
         }
     );
     assert!(send.at_ms >= tok.at_ms && send.at_ms.abs_diff(state.now_ms()) < 60_000);

@@ -8,6 +8,7 @@
 //!   template listings). `msgid` is a `u64`: WeChat's ids exceed `i32` and `2^53`.
 //! - [`errcode`]: the one table that classifies every errcode wxgate can meet. Behaviour, HTTP
 //!   status, logs and metrics all derive from [`errcode::ErrorClass`].
+//! - [`error_code`]: every `code` of the gateway's own error shape ([`error_code::ErrorCode`]).
 //! - [`data_rules`]: the value rules of subscribe-message (and category-template) `data` fields,
 //!   keyed by the type prefix of the field name (`thing1` is a `thing`).
 //! - [`template_content`]: parses `{{name.DATA}}` placeholders out of a template's `content`.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod data_rules;
 pub mod errcode;
+pub mod error_code;
 pub mod template_content;
 pub mod time;
 pub mod wire;

@@ -49,6 +49,7 @@ pub struct ErrorResponse {
 }
 
 /// One `data` entry: `{"value": "..."}`. `color` is accepted (WeChat ignores it since 2023-05-04).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataValue {
@@ -59,6 +60,40 @@ pub struct DataValue {
 
 /// The `data` object of a message: field name to value.
 pub type MessageData = BTreeMap<String, DataValue>;
+
+/// The OpenAPI schema of [`MessageData`] (documentation only), named `MessageData`.
+#[cfg(feature = "openapi")]
+pub struct MessageDataSchema;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for MessageDataSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "The template's fields (`thing1`, `character_string2`, ...), each once, to their values.",
+            ))
+            .additional_properties(Some(utoipa::openapi::Ref::from_schema_name("DataValue")))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for MessageDataSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "MessageData".into()
+    }
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push(("DataValue".into(), DataValue::schema()));
+    }
+}
 
 /// Reads a `data` object, refusing a key that appears twice (a map would keep the last one
 /// silently, and the caller would never learn which value was sent).
@@ -90,6 +125,7 @@ fn unique_data<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MessageData, D:
 }
 
 /// A mini program to open from a message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MiniProgramLink {
@@ -99,6 +135,7 @@ pub struct MiniProgramLink {
 }
 
 /// Body of `POST /cgi-bin/message/template/send` (Official Account template message).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateMessage {
@@ -109,6 +146,7 @@ pub struct TemplateMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub miniprogram: Option<MiniProgramLink>,
     #[serde(deserialize_with = "unique_data")]
+    #[cfg_attr(feature = "openapi", schema(value_type = MessageDataSchema))]
     pub data: MessageData,
     /// WeChat's de-duplication key: one message per openid + client_msg_id for 10 minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +154,7 @@ pub struct TemplateMessage {
 }
 
 /// `miniprogram_state` of a Mini Program subscribe message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MiniprogramState {
@@ -125,6 +164,7 @@ pub enum MiniprogramState {
 }
 
 /// `lang` of a Mini Program subscribe message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Lang {
     #[serde(rename = "zh_CN")]
@@ -138,6 +178,7 @@ pub enum Lang {
 }
 
 /// Body of `POST /cgi-bin/message/subscribe/send` (Mini Program subscribe message).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeMessage {
@@ -146,6 +187,7 @@ pub struct SubscribeMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<String>,
     #[serde(deserialize_with = "unique_data")]
+    #[cfg_attr(feature = "openapi", schema(value_type = MessageDataSchema))]
     pub data: MessageData,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub miniprogram_state: Option<MiniprogramState>,
@@ -154,6 +196,7 @@ pub struct SubscribeMessage {
 }
 
 /// Body of `POST /cgi-bin/message/subscribe/bizsend` (Official Account subscribe message).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BizsendMessage {
@@ -164,6 +207,7 @@ pub struct BizsendMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub miniprogram: Option<MiniProgramLink>,
     #[serde(deserialize_with = "unique_data")]
+    #[cfg_attr(feature = "openapi", schema(value_type = MessageDataSchema))]
     pub data: MessageData,
 }
 

@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use secrecy::ExposeSecret;
 use wxgate_config::{ApiKey, Scope};
+use wxgate_protocol::error_code::ErrorCode;
 
 use crate::error::ApiError;
 
@@ -20,7 +21,8 @@ pub struct Caller<'a> {
 /// full, in constant time per byte, so timing does not reveal how much of a key matched.
 pub fn authenticate<'a>(req: &HttpRequest, keys: &'a [ApiKey]) -> Result<Caller<'a>, ApiError> {
     let unauthenticated = |msg: &str| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", msg).field("Authorization")
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, msg)
+            .field("Authorization")
     };
     let header = req
         .headers()
@@ -59,7 +61,7 @@ impl Caller<'_> {
         };
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "API key `{}` may not {what} (scopes: {:?})",
                 self.key.name, self.key.scopes
@@ -81,7 +83,7 @@ impl Caller<'_> {
 pub fn app_not_found(app: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "app_not_found",
+        ErrorCode::AppNotFound,
         format!("no app `{app}` for this API key"),
     )
     .field("app")

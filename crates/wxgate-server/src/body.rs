@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use wxgate_protocol::error_code::ErrorCode;
 
 use crate::error::ApiError;
 
@@ -30,7 +31,7 @@ pub async fn read_json_body(
             }
             Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             format!(
                 "the body did not arrive within {} ms (server.request_timeout_ms); nothing was sent",
                 timeout.as_millis()
@@ -68,7 +69,7 @@ async fn read_limited(
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "the body must be JSON sent with `Content-Type: application/json` (got `{}`)",
                 if ct.is_empty() { "nothing" } else { ct }
@@ -79,7 +80,7 @@ async fn read_limited(
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("the body exceeds {limit} bytes"),
         )
     };

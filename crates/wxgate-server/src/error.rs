@@ -17,12 +17,13 @@ use actix_web::HttpResponse;
 use serde::Serialize;
 use wxgate_engine::SendError;
 use wxgate_protocol::errcode::ErrorClass;
+pub use wxgate_protocol::error_code::ErrorCode;
 
 /// A failure, ready to be answered.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
     pub wechat_errcode: Option<i64>,
@@ -31,19 +32,27 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
+/// The one error shape: every failure (4xx and 5xx) is answered with it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// Stable and machine-readable.
+    code: ErrorCode,
+    /// For humans; may change between versions.
     message: &'a str,
+    /// The input at fault, when there is one: a body field (`data.thing1.value`), a header
+    /// (`Idempotency-Key`, `Authorization`) or `app`.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// WeChat's errcode, when WeChat answered.
     wechat_errcode: Option<i64>,
+    /// Whether sending the same request again later can succeed (see `Retry-After`).
     retryable: bool,
+    /// The request's id (`X-Request-Id`).
     request_id: &'a str,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -72,14 +81,19 @@ impl ApiError {
 
     /// A 400 for a body that is not the API's JSON shape.
     pub fn invalid_request(field: Option<String>, message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+        let mut e = Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message);
         e.field = field;
         e
     }
 
     /// A 422 for a well-formed body whose field breaks a rule.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidField,
+            message,
+        )
+        .field(field)
     }
 
     /// The HTTP answer to an engine error: the status is chosen here, once per variant; the
@@ -121,7 +135,7 @@ impl ApiError {
 
     /// The JSON body (for storing under an idempotency key).
     pub fn body_json(&self, request_id: &str) -> serde_json::Value {
-        serde_json::to_value(Body {
+        serde_json::to_value(ErrorBody {
             code: self.code,
             message: &self.message,
             field: self.field.as_deref(),
@@ -165,7 +179,7 @@ mod tests {
         let class = errcode::classify(errcode, errcode::Endpoint::Business);
         let e = ApiError::from_send(&SendError::wechat(errcode, "msg", class, 1_000));
         assert_eq!(
-            (e.status.as_u16(), e.code, e.retryable),
+            (e.status.as_u16(), e.code.as_str(), e.retryable),
             (status, code, retryable),
             "{errcode}"
         );

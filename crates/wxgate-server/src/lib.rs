@@ -5,7 +5,10 @@
 //!   runs the server until stopped. Tests and the binary share this exact path.
 //! - [`drain`]: the graceful drain on SIGTERM (`/readyz` fails, serve on for the drain delay,
 //!   hand off the token leases, stop accepting, let in-flight requests finish).
-//! - `routes`: the handlers (`/v1/apps/{app}/messages/*`, `/healthz`, `/readyz`).
+//! - [`route_table`]: the one list of routes ([`route_table::ROUTES`]) the app is built from.
+//! - `routes`: the handlers (`/v1/apps/{app}/messages/*`, `/healthz`, `/readyz`, ...), each
+//!   with its `#[utoipa::path]` description.
+//! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`), generated from the code.
 //! - `request_id`: the middleware that gives every request an `X-Request-Id` and a log span.
 //! - `auth`: bearer API keys and the apps each may use.
 //! - `body`: reading and strictly decoding JSON bodies (size, content type, unknown fields).
@@ -24,8 +27,10 @@ mod body;
 pub mod drain;
 pub mod error;
 mod http_metrics;
-mod queue_routes;
+pub mod openapi;
+pub(crate) mod queue_routes;
 mod request_id;
+pub mod route_table;
 mod routes;
 pub mod startup;
 mod validate;

@@ -95,7 +95,7 @@ fn check_named_error(e: &ApiError, known: &[&str], input: &Value) -> Result<(), 
     prop_assert!(e.status.is_client_error(), "not a 4xx: {:?}", e);
     prop_assert!(
         matches!(
-            (e.status.as_u16(), e.code),
+            (e.status.as_u16(), e.code.as_str()),
             (400, "invalid_request") | (422, "invalid_field")
         ),
         "{:?}",

@@ -8,8 +8,9 @@ use serde::Deserialize;
 use wxgate_config::{App, Scope};
 use wxgate_engine::queue::EnqueueError;
 use wxgate_engine::Outgoing;
+use wxgate_protocol::error_code::ErrorCode;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::{resolve_caller, respond};
 use crate::startup::AppState;
 
@@ -26,14 +27,16 @@ fn queue_error(e: EnqueueError) -> ApiError {
     match e {
         EnqueueError::Unavailable => ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
-            "queue_unavailable",
+            ErrorCode::QueueUnavailable,
             e.to_string(),
         ),
-        EnqueueError::Full { retry_after_ms, .. } => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
-                .retryable(true)
-                .retry_after(retry_after_ms.div_ceil(1000))
-        }
+        EnqueueError::Full { retry_after_ms, .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::QueueFull,
+            e.to_string(),
+        )
+        .retryable(true)
+        .retry_after(retry_after_ms.div_ceil(1000)),
         EnqueueError::Store(e) => ApiError::from_send(&wxgate_engine::SendError::store(e)),
     }
 }
@@ -111,6 +114,24 @@ fn valid_id(id: &str) -> bool {
 /// `GET /v1/apps/{app}/messages/{id}`: `queued` / `sending` / `sent` (with `msgid`) /
 /// `failed` (with the classified error), while kept (the idempotency TTL). Scope `send`, and
 /// only the key that enqueued it (another key gets 404, as for an unknown id).
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/messages/{id}",
+    tag = "messages",
+    operation_id = "message_status",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("id" = String, Path, description = "The message id of a `202 Accepted` answer to a send with `Prefer: respond-async`."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace; an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "The queued message's status: `queued`, `sending`, `sent` (with `msgid`) or `failed` (with the classified `error`), `attempts` and times.", content_type = "application/json", body = Object),
+        (status = "4XX", description = "`unauthenticated`, `forbidden`, `app_not_found`, `message_not_found` (unknown, expired, or enqueued with another key).", body = ErrorBody),
+        (status = "5XX", description = "`queue_unavailable` (501: memory store), `store_unavailable`.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn message_status(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -122,7 +143,7 @@ pub async fn message_status(
         let not_found = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "message_not_found",
+                ErrorCode::MessageNotFound,
                 format!("no queued message `{id}` is kept for app `{}`", app.name),
             )
         };
@@ -146,6 +167,24 @@ pub struct DlqQuery {
 
 /// `GET /v1/admin/apps/{app}/dlq[?limit=N]`: the oldest dead letters with their status.
 /// Scope `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/apps/{app}/dlq",
+    tag = "admin",
+    operation_id = "admin_dlq_list",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("limit" = Option<usize>, Query, description = "At most this many dead letters, oldest first (default 100)."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace; an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "`{\"app\", \"dead_letters\": [{\"id\", \"entry\", \"message\"}]}`: each dead letter with its last status.", content_type = "application/json", body = Object),
+        (status = "4XX", description = "`unauthenticated`, `forbidden` (the key lacks the `admin` scope or the app), `app_not_found`.", body = ErrorBody),
+        (status = "5XX", description = "`queue_unavailable` (501: memory store), `store_unavailable`.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn dlq_list(
     req: HttpRequest,
     path: web::Path<String>,
@@ -181,6 +220,24 @@ struct RedriveBody {
 
 /// `POST /v1/admin/apps/{app}/dlq/redrive` with `{"ids": [...]}` or `{"all": true}`: puts dead
 /// letters back on the stream. Scope `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/apps/{app}/dlq/redrive",
+    tag = "admin",
+    operation_id = "admin_dlq_redrive",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace; an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "`{\"ids\": [\"<message id>\", ...]}` or `{\"all\": true}`."),
+    responses(
+        (status = 200, description = "`{\"app\", \"redriven\": [ids]}`: the dead letters put back on the queue (a new generation, attempts reset).", content_type = "application/json", body = Object),
+        (status = "4XX", description = "`invalid_request` / `invalid_field` (`ids`), `unauthenticated`, `forbidden`, `app_not_found`.", body = ErrorBody),
+        (status = "5XX", description = "`queue_unavailable` (501: memory store), `store_unavailable`.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn dlq_redrive(
     req: HttpRequest,
     path: web::Path<String>,

@@ -6,28 +6,35 @@
 //! reaches WeChat and changes nothing.
 
 use std::time::{Duration, Instant};
+use wxgate_protocol::error_code::ErrorCode;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use wxgate_config::{App, AppKind, Scope};
 use wxgate_engine::{Delivery, Outgoing, SendRequest, Token};
-use wxgate_protocol::wire::{BizsendMessage, SubscribeMessage, TemplateMessage};
+use wxgate_protocol::wire::{self, BizsendMessage, SubscribeMessage, TemplateMessage};
 
 use crate::auth;
 use crate::body;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::request_id::RequestId;
 use crate::startup::AppState;
 use crate::validate;
 
-#[derive(Serialize)]
-struct SentBody<'a> {
+/// The answer to a send that WeChat accepted.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SentBody<'a> {
+    /// Always `sent`.
+    #[schema(example = "sent")]
     status: &'static str,
     /// A decimal string: WeChat's msgids exceed 2^53, which JSON numbers lose in JavaScript.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2918131553548107776")]
     msgid: Option<String>,
+    /// Calls made to WeChat (2 when the first token was rejected and the send retried once).
     attempts: u32,
+    /// The request's id (the original request's id on an idempotent replay).
     request_id: &'a str,
 }
 
@@ -56,7 +63,7 @@ pub(crate) fn resolve_caller<'a>(
 fn wrong_kind(app: &App, what: &str, needs: AppKind) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
-        "unsupported_for_app",
+        ErrorCode::UnsupportedForApp,
         format!(
             "app `{}` is a {}; {what} need a {}",
             app.name,
@@ -93,6 +100,24 @@ fn prefer_wait(req: &HttpRequest, cap: Duration) -> Option<Duration> {
         .map(|n| Duration::from_secs(n).min(cap))
         .next()
 }
+
+/// The body of `/messages/subscribe` (documentation only): a Mini Program app takes
+/// [`SubscribeMessage`], an Official Account app [`BizsendMessage`]. `anyOf`, not `oneOf`: a
+/// body with only the common fields fits both.
+pub(crate) struct SubscribeBody;
+
+impl utoipa::PartialSchema for SubscribeBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::AnyOfBuilder;
+        use utoipa::openapi::Ref;
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name("SubscribeMessage"))
+            .item(Ref::from_schema_name("BizsendMessage"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SubscribeBody {}
 
 /// Which send endpoint was called.
 #[derive(Clone, Copy)]
@@ -172,6 +197,10 @@ async fn send(
             }
         };
         let rid = RequestId::of(&req);
+        // The request's log span names the app and API from here on.
+        tracing::Span::current()
+            .record("app", i.app.name.as_str())
+            .record("api", endpoint_api(endpoint).as_str());
         if crate::queue_routes::prefers_async(&req) {
             return crate::queue_routes::enqueue(
                 &req,
@@ -202,6 +231,14 @@ async fn send(
     respond(&req, result)
 }
 
+/// The API an endpoint is counted and logged under.
+fn endpoint_api(endpoint: Endpoint) -> wxgate_protocol::api::Api {
+    match endpoint {
+        Endpoint::Template => wxgate_protocol::api::Api::TemplateSend,
+        Endpoint::Subscribe => wxgate_protocol::api::Api::SubscribeSend,
+    }
+}
+
 /// Counts a send refused before the engine (bad input, authentication, the registry) in
 /// `wxgate_sends_total` with its error code, like every other answer. The app label is the
 /// configured app's name, or `-` for a name that is not configured (bounded cardinality).
@@ -212,10 +249,7 @@ fn refused(state: &AppState, app: &str, endpoint: Endpoint, e: &ApiError) {
     } else {
         "-"
     };
-    let api = match endpoint {
-        Endpoint::Template => wxgate_protocol::api::Api::TemplateSend,
-        Endpoint::Subscribe => wxgate_protocol::api::Api::SubscribeSend,
-    };
+    let api = endpoint_api(endpoint);
     state
         .engine
         .metrics()
@@ -223,7 +257,7 @@ fn refused(state: &AppState, app: &str, endpoint: Endpoint, e: &ApiError) {
         .get_or_create(&wxgate_engine::metrics::SendLabels {
             app: app.to_string(),
             api: api.as_str().to_string(),
-            outcome: e.code.to_string(),
+            outcome: e.code.as_str().to_string(),
         })
         .inc();
 }
@@ -251,6 +285,33 @@ fn answer(rid: &str, d: Delivery) -> Result<HttpResponse, ApiError> {
     Ok(resp)
 }
 
+/// Sends an Official Account template message (`/cgi-bin/message/template/send`).
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/messages/template",
+    tag = "messages",
+    operation_id = "send_template",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 printable ASCII characters. The first request with a key claims it cluster-wide; a repeat gets the kept answer (`Idempotent-Replayed: true`) without calling WeChat, or `409 in_progress` while the first still runs."),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): when a window is full, wait up to N seconds (capped by `limits.max_wait_secs`) for a permit instead of answering 429. `respond-async`: queue the message durably (Redis store) and answer 202 with its id and a `Location` for its status."),
+        ("Callback-Url" = Option<String>, Header, description = "With `respond-async`: an http(s) URL on a host in `queue.callback_hosts` that receives the final status by POST."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    request_body(content = wire::TemplateMessage, content_type = "application/json", description = "WeChat's own template-message body; unknown fields are refused. `template_id` may be a registered alias."),
+    responses(
+        (status = 202, description = "Queued (`Prefer: respond-async`): `{\"status\": \"queued\", \"id\", \"location\", \"request_id\"}`; `Location` is the status URL. `503 queue_full` with `Retry-After` past `queue.max_backlog`.", content_type = "application/json", body = Object),
+        (status = 200, description = "Sent: WeChat accepted the message.", body = SentBody, headers(
+            ("Idempotent-Replayed" = Option<String>, description = "`true` on the kept answer of an earlier request with the same `Idempotency-Key`"),
+            ("X-Request-Id" = String, description = "The request's id"),
+            ("traceparent" = String, description = "The request's W3C trace context"),
+        )),
+        (status = "4XX", description = "Refused: nothing was sent, counted or stored. `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "WeChat, the store or the token failed; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn send_template(
     req: HttpRequest,
     path: web::Path<String>,
@@ -260,6 +321,34 @@ pub async fn send_template(
     send(req, path, payload, state, Endpoint::Template).await
 }
 
+/// Sends a subscribe message: `/cgi-bin/message/subscribe/send` for a Mini Program app,
+/// `/cgi-bin/message/subscribe/bizsend` for an Official Account app.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/messages/subscribe",
+    tag = "messages",
+    operation_id = "send_subscribe",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 printable ASCII characters. The first request with a key claims it cluster-wide; a repeat gets the kept answer (`Idempotent-Replayed: true`) without calling WeChat, or `409 in_progress` while the first still runs."),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): when a window is full, wait up to N seconds (capped by `limits.max_wait_secs`) for a permit instead of answering 429. `respond-async`: queue the message durably (Redis store) and answer 202 with its id and a `Location` for its status."),
+        ("Callback-Url" = Option<String>, Header, description = "With `respond-async`: an http(s) URL on a host in `queue.callback_hosts` that receives the final status by POST."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    request_body(content = SubscribeBody, content_type = "application/json", description = "WeChat's own body: `SubscribeMessage` for a Mini Program app, `BizsendMessage` for an Official Account app; fields of the other shape are refused."),
+    responses(
+        (status = 202, description = "Queued (`Prefer: respond-async`): `{\"status\": \"queued\", \"id\", \"location\", \"request_id\"}`; `Location` is the status URL. `503 queue_full` with `Retry-After` past `queue.max_backlog`.", content_type = "application/json", body = Object),
+        (status = 200, description = "Sent: WeChat accepted the message.", body = SentBody, headers(
+            ("Idempotent-Replayed" = Option<String>, description = "`true` on the kept answer of an earlier request with the same `Idempotency-Key`"),
+            ("X-Request-Id" = String, description = "The request's id"),
+            ("traceparent" = String, description = "The request's W3C trace context"),
+        )),
+        (status = "4XX", description = "Refused: nothing was sent, counted or stored. `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "WeChat, the store or the token failed; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn send_subscribe(
     req: HttpRequest,
     path: web::Path<String>,
@@ -270,18 +359,95 @@ pub async fn send_subscribe(
 }
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String),
+    ),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.engine.metrics().encode())
 }
 
+/// The answer of `/healthz`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// The answer of `/readyz` when ready.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// `memory` or `redis`.
+    store: &'static str,
+    /// This node's id.
+    node: String,
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "openapi",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)),
+)]
+pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.openapi_json.clone())
 }
 
 /// Ready when the engine is (store, required tokens, template registry) and the node is not
 /// draining (then at once 503, without asking the engine).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "Ready: the store answers, required tokens and templates are usable, not draining", body = Ready),
+        (status = 503, description = "`not_ready`: draining, or what is missing", body = ErrorBody),
+    ),
+)]
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let readiness = if state.drain.is_draining() {
         Err("draining: this node is shutting down; send to another replica".to_string())
@@ -289,24 +455,26 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         state.engine.readiness().await
     };
     match readiness {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({
-            "status": "ready",
-            "store": state.engine.backend(),
-            "node": state.engine.node_id(),
-        })),
-        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)
+        Ok(()) => HttpResponse::Ok().json(Ready {
+            status: "ready",
+            store: state.engine.backend(),
+            node: state.engine.node_id().to_string(),
+        }),
+        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, why)
             .retryable(true)
             .to_response(&RequestId::of(&req)),
     }
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
+/// The cluster's access_token of an app.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenBody<'a> {
     access_token: &'a str,
     /// Seconds left, like WeChat's own answer.
     expires_in: u64,
     expires_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Only on `invalidate`: false when the reported token was no longer the current one.
     invalidated: Option<bool>,
     request_id: &'a str,
 }
@@ -332,6 +500,23 @@ fn token_response(
 
 /// `GET /v1/apps/{app}/access_token`: the cluster's token, for internal services that call
 /// other WeChat APIs. Needs the `token` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/access_token",
+    tag = "tokens",
+    operation_id = "access_token",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "The token every replica uses (`Cache-Control: no-store`)", body = TokenBody),
+        (status = "4XX", description = "Refused: `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "No token could be obtained; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn access_token(
     req: HttpRequest,
     path: web::Path<String>,
@@ -346,14 +531,34 @@ pub async fn access_token(
     respond(&req, result)
 }
 
-#[derive(serde::Deserialize)]
+/// The token WeChat rejected (`40001`, `42001`, `40014`).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InvalidateBody {
+pub(crate) struct InvalidateBody {
+    #[schema(min_length = 1, max_length = 2048)]
     access_token: String,
 }
 
 /// `POST /v1/apps/{app}/access_token/invalidate` with `{"access_token": "<the rejected one>"}`:
 /// the same single-flight recovery a send gets. Answers with the token to use now.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/access_token/invalidate",
+    tag = "tokens",
+    operation_id = "invalidate_token",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    request_body(content = InvalidateBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The token to use now (`Cache-Control: no-store`)", body = TokenBody),
+        (status = "4XX", description = "Refused: `code` says why, `field` names the input at fault.", body = ErrorBody),
+        (status = "5XX", description = "No token could be obtained; `retryable` and `Retry-After` say whether and when to try again.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn invalidate_token(
     req: HttpRequest,
     path: web::Path<String>,
@@ -384,7 +589,7 @@ pub async fn invalidate_token(
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no route for {}", req.path()),
     )
     .to_response(&RequestId::of(&req))
@@ -393,7 +598,7 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}", req.method(), req.path()),
     )
     .to_response(&RequestId::of(&req))
@@ -403,13 +608,30 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 fn admin_store_error(e: &wxgate_store::StoreError) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        ErrorCode::StoreUnavailable,
         format!("cannot read the shared state: {e}"),
     )
 }
 
 /// `GET /v1/admin/apps/{app}/state`: the app's shared state, the JSON of `wxgate inspect
 /// --json`. Needs the `admin` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/apps/{app}/state",
+    tag = "admin",
+    operation_id = "admin_app_state",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 200, description = "The app's shared state: the JSON of `wxgate inspect --json` (`schema_version` 1: token masked, leader, fence, windows, quotas, blocks, idempotency and recipient counts, state loss; see the README's \"Inspecting a cluster\").", content_type = "application/json", body = Object),
+        (status = "4XX", description = "`unauthenticated`, `forbidden` (the key lacks the `admin` scope or the app), `app_not_found`.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: the shared state cannot be read.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn admin_app_state(
     req: HttpRequest,
     path: web::Path<String>,
@@ -430,6 +652,26 @@ pub async fn admin_app_state(
 /// `DELETE /v1/admin/apps/{app}/blocks/{api}`: lifts a pause by hand (after a WeChat incident).
 /// 204 when one was lifted, 404 when none was in force, 400 for an unknown API name. Logged at
 /// warn with the caller's key name.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/apps/{app}/blocks/{api}",
+    tag = "admin",
+    operation_id = "admin_lift_block",
+    params(
+        ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
+        ("api" = String, Path, description = "The paused API: `template_send`, `subscribe_send` or `token_fetch`."),
+        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+    ),
+    responses(
+        (status = 204, description = "The pause was lifted: sends of that API flow again on every node."),
+        (status = 400, description = "`unknown_api` (`field`: `api`).", body = ErrorBody),
+        (status = 404, description = "`no_block`: no pause of that API is in force (or `app_not_found`).", body = ErrorBody),
+        (status = "4XX", description = "`unauthenticated`, `forbidden` (the key lacks the `admin` scope or the app).", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`.", body = ErrorBody),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn admin_lift_block(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -441,7 +683,7 @@ pub async fn admin_lift_block(
         let api = wxgate_protocol::api::Api::parse(&api_name).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "unknown_api",
+                ErrorCode::UnknownApi,
                 format!(
                     "unknown API `{api_name}` (one of template_send, subscribe_send, token_fetch)"
                 ),
@@ -460,7 +702,7 @@ pub async fn admin_lift_block(
             }
             Some(Ok(false)) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no_block",
+                ErrorCode::NoBlock,
                 format!(
                     "no pause of `{}` is in force for app `{}`",
                     api.as_str(),

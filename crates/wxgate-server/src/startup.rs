@@ -20,15 +20,16 @@ use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
 use wxgate_store::{SharedState, Store};
 
 use crate::drain::{self, DrainHandle, Signals};
-use crate::queue_routes;
 use crate::request_id;
-use crate::routes;
+use crate::route_table;
 
 /// Everything a handler needs, built once per process.
 pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set once the drain starts: `/readyz` fails, responses close their connections.
     pub drain: DrainHandle,
+    /// The OpenAPI document served at `/openapi.json`, built once.
+    pub openapi_json: String,
 }
 
 /// Optional overrides of what `build` would otherwise create from the settings.
@@ -129,6 +130,7 @@ impl Application {
         let state = web::Data::new(AppState {
             engine: engine.clone(),
             drain: drain.clone(),
+            openapi_json: crate::openapi::json(),
         });
 
         let server = HttpServer::new(move || {
@@ -137,57 +139,7 @@ impl Application {
                 .wrap(middleware::from_fn(drain::middleware))
                 .wrap(middleware::from_fn(crate::http_metrics::middleware))
                 .wrap(middleware::from_fn(request_id::middleware))
-                .service(
-                    web::resource("/v1/apps/{app}/messages/template")
-                        .route(web::post().to(routes::send_template))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/apps/{app}/messages/subscribe")
-                        .route(web::post().to(routes::send_subscribe))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                // Queued delivery: message status and dead letters.
-                .service(
-                    web::resource("/v1/apps/{app}/messages/{id}")
-                        .route(web::get().to(queue_routes::message_status))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/admin/apps/{app}/dlq")
-                        .route(web::get().to(queue_routes::dlq_list))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/admin/apps/{app}/dlq/redrive")
-                        .route(web::post().to(queue_routes::dlq_redrive))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/apps/{app}/access_token")
-                        .route(web::get().to(routes::access_token))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/apps/{app}/access_token/invalidate")
-                        .route(web::post().to(routes::invalidate_token))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                // The admin API (scope `admin`).
-                .service(
-                    web::resource("/v1/admin/apps/{app}/state")
-                        .route(web::get().to(routes::admin_app_state))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/admin/apps/{app}/blocks/{api}")
-                        .route(web::delete().to(routes::admin_lift_block))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .route("/healthz", web::get().to(routes::healthz))
-                .route("/metrics", web::get().to(routes::metrics))
-                .route("/readyz", web::get().to(routes::readyz))
-                .default_service(web::to(routes::not_found))
+                .configure(route_table::configure)
         })
         .workers(workers)
         .on_connect(crate::body::remember_socket)

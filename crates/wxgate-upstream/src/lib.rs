@@ -13,10 +13,14 @@
 //! Secrets and tokens travel only in request bodies and query strings; they never appear in
 //! this crate's errors (reqwest errors are stripped of their URL).
 
+pub mod trace;
+
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use trace::TraceContext;
+use tracing::Instrument;
 use wxgate_protocol::wire::{
     self, paths, BizsendMessage, ErrorResponse, NewTemplateList, PrivateTemplateList, SendResponse,
     StableTokenRequest, SubscribeMessage, TemplateMessage, TokenResponse,
@@ -232,9 +236,29 @@ impl WechatClient {
             .map_err(|e| UpstreamError::OutcomeUnknown(format!("unreadable WeChat answer: {e}")))
     }
 
+    /// One attempt: a child span of the request's trace (a new trace outside a request),
+    /// forwarded as `traceparent`, and a log span carrying its ids.
     async fn fetch(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, UpstreamError> {
-        let resp = req.send().await.map_err(classify_transport)?;
+        let attempt = trace::current()
+            .map(|c| c.child())
+            .unwrap_or_else(TraceContext::new_root);
+        let req = req
+            .header("traceparent", attempt.header())
+            .build()
+            .map_err(classify_transport)?;
+        let span = tracing::info_span!(
+            "upstream_attempt",
+            wechat_path = req.url().path(),
+            trace_id = %attempt.trace_id_hex(),
+            span_id = %attempt.span_id_hex(),
+        );
+        self.fetch_built(req).instrument(span).await
+    }
+
+    async fn fetch_built(&self, req: reqwest::Request) -> Result<Vec<u8>, UpstreamError> {
+        let resp = self.http.execute(req).await.map_err(classify_transport)?;
         let status = resp.status();
+        tracing::debug!(http_status = status.as_u16(), "WeChat answered");
         let bytes = resp.bytes().await.map_err(|e| {
             UpstreamError::OutcomeUnknown(format!("reading the answer failed: {}", e.without_url()))
         })?;

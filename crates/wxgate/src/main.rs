@@ -21,7 +21,10 @@ use wxgate_server::{Application, BuildOptions};
 mod client_errors;
 mod dev;
 mod dlq;
+mod flat_json;
 mod inspect;
+#[cfg(feature = "otlp")]
+mod otlp;
 
 #[derive(Parser)]
 #[command(
@@ -100,7 +103,45 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// What logging set up that must be stopped at exit (the OTLP exporter, when on).
+#[derive(Default)]
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    otlp: Option<otlp::Exporter>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued.
+    fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(e) = self.otlp {
+            e.shutdown();
+        }
+    }
+}
+
+/// Sets up logging; with `tracing` settings that name an OTLP endpoint (and the `otlp`
+/// feature), span export too.
+fn init_logging(
+    format: LogFormat,
+    tracing_settings: Option<&wxgate_config::TracingSettings>,
+) -> Telemetry {
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    let mut telemetry = Telemetry::default();
+    let endpoint = tracing_settings.and_then(|t| t.otlp_endpoint.as_deref());
+    #[cfg(feature = "otlp")]
+    let mut otlp_error = None;
+    #[cfg(feature = "otlp")]
+    if let (Some(endpoint), Some(t)) = (endpoint, tracing_settings) {
+        match otlp::Exporter::start(endpoint, &t.service_name) {
+            Ok(e) => telemetry.otlp = Some(e),
+            Err(e) => otlp_error = Some(e),
+        }
+    }
+    #[cfg(feature = "otlp")]
+    let otlp_layer = telemetry.otlp.as_ref().map(otlp::Exporter::layer);
+    #[cfg(not(feature = "otlp"))]
+    let otlp_layer: Option<tracing_subscriber::layer::Identity> = None;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -111,9 +152,8 @@ fn init_logging(format: LogFormat) {
     let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi);
     let fmt = match format {
         LogFormat::Json => fmt
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(flat_json::FlatJson)
             .boxed(),
         LogFormat::Text => fmt.boxed(),
     };
@@ -127,7 +167,23 @@ fn init_logging(format: LogFormat) {
         .with(client_errors::ClientErrors::start(
             std::time::Duration::from_secs(10),
         ))
+        .with(otlp_layer)
         .init();
+    #[cfg(feature = "otlp")]
+    match (&telemetry.otlp, otlp_error, endpoint) {
+        (Some(_), _, Some(endpoint)) => {
+            tracing::info!(otlp_endpoint = endpoint, "exporting spans over OTLP/HTTP")
+        }
+        (_, Some(e), _) => tracing::error!(error = %e, "spans are not exported"),
+        _ => {}
+    }
+    #[cfg(not(feature = "otlp"))]
+    if endpoint.is_some() {
+        tracing::warn!(
+            "tracing.otlp_endpoint is set but this binary was built without the `otlp` feature: spans are not exported"
+        );
+    }
+    telemetry
 }
 
 #[tokio::main]
@@ -135,18 +191,28 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => {
-            init_logging(cli.log_format.unwrap_or(LogFormat::Json));
-            serve(config).await
+            // Configuration first: it says where spans go. Its errors are reported below.
+            let settings = Settings::load(config.as_deref());
+            let telemetry = init_logging(
+                cli.log_format.unwrap_or(LogFormat::Json),
+                settings.as_ref().ok().map(|s| &s.tracing),
+            );
+            let result = match settings {
+                Ok(settings) => serve(config, settings).await,
+                Err(e) => Err(format!("configuration: {e}")),
+            };
+            telemetry.shutdown();
+            result
         }
         Command::Dev {
             listen,
             fake_listen,
         } => {
-            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text), None);
             dev::run(listen, fake_listen).await
         }
         Command::FakeWechat { listen, config } => {
-            init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text), None);
             fake_wechat(listen, config).await
         }
         Command::CheckConfig { file, online } => check_config(&file, online).await,
@@ -179,8 +245,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> Result<(), String> {
-    let settings = Settings::load(config.as_deref()).map_err(|e| format!("configuration: {e}"))?;
+async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), String> {
     let missing = settings.missing_for_serving();
     if !missing.is_empty() {
         let source = match &config {
@@ -291,6 +356,17 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
             } else {
                 q.callback_hosts.join(", ")
             }
+        );
+    }
+    if let Some(endpoint) = &s.tracing.otlp_endpoint {
+        let built = if cfg!(feature = "otlp") {
+            ""
+        } else {
+            " — but this binary was built without the `otlp` feature: nothing will be exported"
+        };
+        println!(
+            "  tracing: spans to {endpoint}/v1/traces as service `{}`{built}",
+            s.tracing.service_name
         );
     }
     for app in s.apps.values() {

@@ -488,11 +488,16 @@ impl RedisConn {
     }
 
     /// Runs a script invocation (EVALSHA, NOSCRIPT → load and retry); see [`Self::exec`].
+    /// Within a `redis_script` span named after the script (`src/lua/<script>.lua`): the
+    /// request's trace shows each script call, and OTLP export (when enabled) sends it.
     pub(crate) async fn run<T: FromRedisValue>(
         &self,
+        script: &'static str,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
+        use tracing::Instrument;
         self.exec(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
+            .instrument(tracing::info_span!("redis_script", script))
             .await
     }
 

@@ -655,11 +655,11 @@ async fn inspect(s: &dyn Store, app: &str) {
     assert_eq!(r.lost_at_ms, None);
     // Read-only: a second read says the same.
     let again = s.inspect_app(&q).await.unwrap();
-    // The same counts; "frees in" only counts down (a millisecond may pass between the reads).
-    for (a, b) in again.windows.iter().zip(&r.windows) {
-        assert_eq!(a.used, b.used);
-        assert!(a.frees_in_ms <= b.frees_in_ms, "{a:?} after {b:?}");
-    }
+    // (Time passes between the reads: only the counts must be equal.)
+    let used =
+        |w: &[wxgate_store::inspect::WindowUse]| w.iter().map(|w| w.used).collect::<Vec<_>>();
+    assert_eq!(used(&again.windows), used(&r.windows));
+    assert!(again.windows[1].frees_in_ms <= r.windows[1].frees_in_ms);
     assert_eq!(again.grant_seq, 3);
     // Lifting a pause by hand.
     assert!(s.lift_pause(app, Api::SubscribeSend).await.unwrap());
