@@ -101,26 +101,35 @@ redis_calls() {
   redis-cli -p "$redis_port" info commandstats | tr -d '\r' |
     sed -nE 's/^cmdstat_[^:]+:calls=([0-9]+).*/\1/p' | awk '{s+=$1} END {print s+0}'
 }
-# run VARIANT URL: wrk against URL, appends "variant rps p50 p99 requests cmds" to results.
+# CPU time (utime + stime, clock ticks) a process has used.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+# run VARIANT URL PID: wrk against URL (served by PID), appends
+# "round variant rps p50 p99 cmds server_cpu_us redis_cpu_us" to results.
 run() {
-  local variant=$1 url=$2 before after out rps p50 p99 reqs cmds=-
-  before=$(redis_calls)
+  local variant=$1 url=$2 pid=$3 before after out rps p50 p99 reqs cmds=- c0 c1 r0 r1 rpid
+  rpid=$(cat "$work/redis.pid")
+  before=$(redis_calls); c0=$(ticks "$pid"); r0=$(ticks "$rpid")
   out=$(wrk -t1 -c"$conns" -d"${dur}s" -s bench/gateway-template.lua "$url")
-  after=$(redis_calls)
+  after=$(redis_calls); c1=$(ticks "$pid"); r1=$(ticks "$rpid")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '/^p50/ {print $2}'); p99=$(echo "$out" | awk '/^p50/ {print $5}')
   reqs=$(echo "$out" | awk '/^requests/ {print $2}')
   bad=$(echo "$out" | awk '/^non-200/ {print $3}')
   [ "$bad" = 0 ] || { echo "$variant: $bad non-200 answers"; echo "$out" | head -5; }
   case $variant in redis*|hop*) cmds=$(python3 -c "print(f'{($after - $before) / max($reqs, 1):.2f}')") ;; esac
-  printf '%-13s %9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  redis cmds/send %s\n' "$variant" "$rps" "$p50" "$p99" "$cmds"
-  echo "$round $variant $rps $p50 $p99 $cmds" >> "$work/results"
+  local cpu rcpu
+  cpu=$(python3 -c "print(f'{($c1 - $c0) * 1e6 / $hz / max($reqs, 1):.0f}')")
+  rcpu=$(python3 -c "print(f'{($r1 - $r0) * 1e6 / $hz / max($reqs, 1):.0f}')")
+  printf '%-13s %9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  redis cmds/send %5s  CPU us/send: server %3s, redis %3s\n' \
+    "$variant" "$rps" "$p50" "$p99" "$cmds" "$cpu" "$rcpu"
+  echo "$round $variant $rps $p50 $p99 $cmds $cpu $rcpu" >> "$work/results"
 }
 hop() {
   "$target/examples/bare_hop" "127.0.0.1:$gw_port" "redis://127.0.0.1:$redis_port" \
     "http://127.0.0.1:$up_port" wx0123456789abcdef demo-secret >"$work/hop.log" 2>&1 & local p=$!
   wait_up "http://127.0.0.1:$gw_port/"
-  run "$1" "http://127.0.0.1:$gw_port/send"
+  run "$1" "http://127.0.0.1:$gw_port/send" "$p"
   kill $p; wait $p 2>/dev/null || true
 }
 gateway() {
@@ -129,7 +138,7 @@ gateway() {
   WXGATE_LOG=$level "$bin" serve --config "$work/$variant.toml" >"$work/gw-$variant.log" 2>&1 & local p=$!
   wait_up "http://127.0.0.1:$gw_port/readyz"
   until curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null; do sleep 0.1; done
-  run "$variant" "http://127.0.0.1:$gw_port/v1/apps/bench/messages/template"
+  run "$variant" "http://127.0.0.1:$gw_port/v1/apps/bench/messages/template" "$p"
   kill $p; wait $p 2>/dev/null || true
 }
 
@@ -147,8 +156,8 @@ python3 - "$work/results" <<'PY'
 import sys, collections
 rows = [l.split() for l in open(sys.argv[1])]
 by = collections.defaultdict(dict)
-for r, v, rps, p50, p99, cmds in rows:
-    by[r][v] = (float(rps), float(p50), float(p99), cmds)
+for r, v, rps, p50, p99, cmds, cpu, rcpu in rows:
+    by[r][v] = (float(rps), float(p50), float(p99), cmds, cpu, rcpu)
 variants = ["memory", "memory-info", "redis", "redis-limits"]
 print(f"{'round':<6}{'hop req/s':>10}" + "".join(f"{v:>16}" for v in variants) + "   (p99 ÷ hop p99)")
 for r, d in by.items():
@@ -159,6 +168,10 @@ for r, d in by.items():
     print(f"{r:<6}{hop:>10.0f}{cells}   ({p99s})")
 cmds = {v: [d[v][3] for d in by.values()] for v in ["hop-first", "redis", "redis-limits"]}
 print("redis commands per send:", ", ".join(f"{v} {'/'.join(c)}" for v, c in cmds.items()))
+order = ["hop-first"] + variants
+print("CPU per send, server process / redis-server (us, by round):")
+for v in order:
+    print(f"  {v:<13}" + "  ".join(f"{d[v][4]:>3} / {d[v][5]:>3}" for d in by.values()))
 PY
 
 if [ "$upstream" = fake ]; then
