@@ -83,7 +83,9 @@ impl Queue for RedisStore {
             .arg(req.max_backlog)
             .arg(req.ttl_ms)
             .arg(if req.idempotency.is_some() { "1" } else { "0" });
-        let v: Vec<Value> = self.conn.run("q_enqueue", &inv).await?;
+        let v: Vec<Value> = self
+            .timed("q_enqueue", self.conn.run("q_enqueue", &inv))
+            .await?;
         match v.first().and_then(as_u64) {
             Some(1) => Ok(Enqueued::Existing {
                 id: v
@@ -203,7 +205,9 @@ impl Queue for RedisStore {
             .arg(GROUP)
             .arg(entry)
             .arg(consumer);
-        let n: i64 = self.conn.run("q_touch", &inv).await?;
+        let n: i64 = self
+            .timed("q_touch", self.conn.run("q_touch", &inv))
+            .await?;
         Ok(n == 1)
     }
 
@@ -243,7 +247,9 @@ impl Queue for RedisStore {
         for (k, v) in fields {
             inv.arg(*k).arg(v.as_str());
         }
-        let _: i64 = self.conn.run("q_update", &inv).await?;
+        let _: i64 = self
+            .timed("q_update", self.conn.run("q_update", &inv))
+            .await?;
         Ok(())
     }
 
@@ -261,7 +267,9 @@ impl Queue for RedisStore {
             .arg(f.ttl_ms)
             .arg(f.id)
             .arg(f.node);
-        let n: i64 = self.conn.run("q_finish", &inv).await?;
+        let n: i64 = self
+            .timed("q_finish", self.conn.run("q_finish", &inv))
+            .await?;
         Ok(n == 1)
     }
 
@@ -349,7 +357,9 @@ impl Queue for RedisStore {
             .arg(&letter.entry)
             .arg(&letter.id)
             .arg(ttl_ms);
-        let n: i64 = self.conn.run("q_redrive", &inv).await?;
+        let n: i64 = self
+            .timed("q_redrive", self.conn.run("q_redrive", &inv))
+            .await?;
         Ok(n == 1)
     }
 }
