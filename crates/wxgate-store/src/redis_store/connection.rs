@@ -507,6 +507,22 @@ impl RedisConn {
             .await
     }
 
+    /// Runs a single command; `Ok(None)` when Redis refuses it with the error code `code`
+    /// (e.g. `NOGROUP`, `BUSYGROUP`): decided on Redis's code, never on an error's text.
+    pub(crate) async fn cmd_unless<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        code: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        self.exec(|mut c| async move {
+            match cmd.query_async::<T>(&mut c).await {
+                Err(e) if e.code() == Some(code) => Ok(None),
+                r => r.map(Some),
+            }
+        })
+        .await
+    }
+
     /// Runs `op` on the current connection within the command timeout. A connection-level
     /// failure drops the connection (the next call reconnects, with Sentinel to the current
     /// master). An answer proving the command did not run (`READONLY`: we reached a demoted

@@ -48,10 +48,6 @@ fn entries(v: &Value) -> Vec<QueueEntry> {
     out
 }
 
-fn is_nogroup(e: &StoreError) -> bool {
-    matches!(e, StoreError::Protocol(m) if m.contains("NOGROUP"))
-}
-
 impl RedisStore {
     /// The app's own connection for blocking reads: its command timeout covers the block.
     fn reader(&self, appid: &str, block_ms: u64) -> Arc<RedisConn> {
@@ -105,22 +101,20 @@ impl Queue for RedisStore {
     }
 
     async fn ensure_group(&self, appid: &str) -> Result<(), StoreError> {
-        let r: Result<Value, StoreError> = self
+        // BUSYGROUP: the group exists already.
+        let _: Option<Value> = self
             .conn
-            .cmd(
+            .cmd_unless(
                 redis::cmd("XGROUP")
                     .arg("CREATE")
                     .arg(self.keys.queue(appid))
                     .arg(GROUP)
                     .arg("0")
                     .arg("MKSTREAM"),
+                "BUSYGROUP",
             )
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(StoreError::Protocol(m)) if m.contains("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(())
     }
 
     async fn read(
@@ -142,13 +136,13 @@ impl Queue for RedisStore {
             .arg("STREAMS")
             .arg(self.keys.queue(appid))
             .arg(">");
-        let v: Value = match conn.cmd(&cmd).await {
-            Err(e) if is_nogroup(&e) => {
+        let v: Value = match conn.cmd_unless(&cmd, "NOGROUP").await? {
+            Some(v) => v,
+            None => {
                 // The stream or its group is gone (a flush, a restart without persistence).
                 self.ensure_group(appid).await?;
                 conn.cmd(&cmd).await?
             }
-            r => r?,
         };
         // [[stream, [entries]]] (RESP2) or {stream: [entries]} (RESP3); nil on timeout.
         let Some(streams) = items(&v) else {
@@ -175,9 +169,9 @@ impl Queue for RedisStore {
         min_idle_ms: u64,
         count: usize,
     ) -> Result<Vec<QueueEntry>, StoreError> {
-        let r: Result<Value, StoreError> = self
+        let r: Option<Value> = self
             .conn
-            .cmd(
+            .cmd_unless(
                 redis::cmd("XAUTOCLAIM")
                     .arg(self.keys.queue(appid))
                     .arg(GROUP)
@@ -186,14 +180,12 @@ impl Queue for RedisStore {
                     .arg("0-0")
                     .arg("COUNT")
                     .arg(count.max(1)),
+                "NOGROUP",
             )
-            .await;
-        let v = match r {
-            Err(e) if is_nogroup(&e) => {
-                self.ensure_group(appid).await?;
-                return Ok(Vec::new());
-            }
-            r => r?,
+            .await?;
+        let Some(v) = r else {
+            self.ensure_group(appid).await?;
+            return Ok(Vec::new());
         };
         let parts = items(&v).ok_or_else(|| protocol("XAUTOCLAIM", &v))?;
         Ok(parts.get(1).map(|l| entries(l)).unwrap_or_default())
@@ -280,17 +272,12 @@ impl Queue for RedisStore {
             .conn
             .cmd(redis::cmd("XLEN").arg(self.keys.dead_letters(appid)))
             .await?;
-        let pending = match self
+        let pending = self
             .conn
-            .cmd::<Value>(redis::cmd("XPENDING").arg(&q).arg(GROUP))
-            .await
-        {
-            Ok(v) => items(&v)
-                .and_then(|p| p.first().and_then(|c| as_u64(c)))
-                .unwrap_or(0),
-            Err(e) if is_nogroup(&e) => 0,
-            Err(e) => return Err(e),
-        };
+            .cmd_unless::<Value>(redis::cmd("XPENDING").arg(&q).arg(GROUP), "NOGROUP")
+            .await?
+            .and_then(|v| items(&v).and_then(|p| p.first().and_then(|c| as_u64(c))))
+            .unwrap_or(0);
         let first: Value = self
             .conn
             .cmd(
