@@ -102,6 +102,15 @@ impl RedisStore {
         })
     }
 
+    /// Runs one script: named for its trace span and timed for the observer under one name.
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        name: &'static str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.timed(name, self.conn.run(name, inv)).await
+    }
+
     /// Runs one store operation, reporting its latency and failure to the observer.
     async fn timed<T>(
         &self,

@@ -90,9 +90,7 @@ impl TokenStore for RedisStore {
             .arg(&token.node)
             .arg(token.source.as_str())
             .arg(token.age_ms);
-        let v: Vec<u64> = self
-            .timed("token_write", self.conn.run("token_write", &inv))
-            .await?;
+        let v: Vec<u64> = self.script("token_write", &inv).await?;
         match v.as_slice() {
             [1, expires_at_ms, fetched_at_ms] => Ok(TokenWrite::Written(StoredToken {
                 access_token: token.access_token.clone(),
@@ -112,21 +110,14 @@ impl TokenStore for RedisStore {
     async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError> {
         let mut inv = self.scripts.token_invalidate.prepare_invoke();
         inv.key(self.keys.token(appid)).arg(bad_token);
-        let n: i64 = self
-            .timed("token_invalidate", self.conn.run("token_invalidate", &inv))
-            .await?;
+        let n: i64 = self.script("token_invalidate", &inv).await?;
         Ok(n == 1)
     }
 
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
         let mut inv = self.scripts.external_token_read.prepare_invoke();
         inv.key(key);
-        let v: Vec<Value> = self
-            .timed(
-                "external_token_read",
-                self.conn.run("external_token_read", &inv),
-            )
-            .await?;
+        let v: Vec<Value> = self.script("external_token_read", &inv).await?;
         let kind = v.first().and_then(as_string).unwrap_or_default();
         let token = v.get(1).and_then(as_string).unwrap_or_default();
         let expires = match v.get(2) {
@@ -176,9 +167,7 @@ impl Limiter for RedisStore {
         for l in req.limits {
             inv.arg(l.limit).arg(l.window_ms);
         }
-        let v: Vec<Value> = self
-            .timed("acquire", self.conn.run("acquire", &inv))
-            .await?;
+        let v: Vec<Value> = self.script("acquire", &inv).await?;
         let n = |i: usize| {
             v.get(i)
                 .and_then(as_u64)
@@ -249,7 +238,7 @@ impl Limiter for RedisStore {
         inv.key(self.keys.block(appid, api.as_str()))
             .arg(until_ms)
             .arg(errcode);
-        let _: i64 = self.timed("block", self.conn.run("block", &inv)).await?;
+        let _: i64 = self.script("block", &inv).await?;
         Ok(())
     }
 }
@@ -269,27 +258,21 @@ impl Leases for RedisStore {
             .arg(node)
             .arg(ttl_ms)
             .arg(known_fence);
-        let fence: i64 = self
-            .timed("lease_acquire", self.conn.run("lease_acquire", &inv))
-            .await?;
+        let fence: i64 = self.script("lease_acquire", &inv).await?;
         Ok(u64::try_from(fence).ok())
     }
 
     async fn renew_lease(&self, appid: &str, node: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         let mut inv = self.scripts.lease_renew.prepare_invoke();
         inv.key(self.keys.leader(appid)).arg(node).arg(ttl_ms);
-        let n: i64 = self
-            .timed("lease_renew", self.conn.run("lease_renew", &inv))
-            .await?;
+        let n: i64 = self.script("lease_renew", &inv).await?;
         Ok(n == 1)
     }
 
     async fn release_lease(&self, appid: &str, node: &str) -> Result<bool, StoreError> {
         let mut inv = self.scripts.lease_release.prepare_invoke();
         inv.key(self.keys.leader(appid)).arg(node);
-        let n: i64 = self
-            .timed("lease_release", self.conn.run("lease_release", &inv))
-            .await?;
+        let n: i64 = self.script("lease_release", &inv).await?;
         Ok(n == 1)
     }
 
@@ -317,9 +300,7 @@ impl Idempotency for RedisStore {
             .arg(req.ttl_ms)
             .arg(req.api.as_str())
             .arg(req.client_msg_id.unwrap_or(""));
-        let v: Vec<Value> = self
-            .timed("idem_claim", self.conn.run("idem_claim", &inv))
-            .await?;
+        let v: Vec<Value> = self.script("idem_claim", &inv).await?;
         let s = |i: usize| v.get(i).and_then(as_string).unwrap_or_default();
         let n = |i: usize| v.get(i).and_then(as_u64).unwrap_or(0);
         let non_empty = |x: String| (!x.is_empty()).then_some(x);
@@ -354,9 +335,7 @@ impl Idempotency for RedisStore {
     ) -> Result<bool, StoreError> {
         let mut inv = self.scripts.idem_attempt.prepare_invoke();
         inv.key(self.keys.idempotency(appid, key)).arg(request_id);
-        let n: i64 = self
-            .timed("idem_attempt", self.conn.run("idem_attempt", &inv))
-            .await?;
+        let n: i64 = self.script("idem_attempt", &inv).await?;
         Ok(n == 1)
     }
 
@@ -371,9 +350,7 @@ impl Idempotency for RedisStore {
         inv.key(self.keys.idempotency(appid, key))
             .arg(request_id)
             .arg(lease_ms);
-        let n: i64 = self
-            .timed("idem_renew", self.conn.run("idem_renew", &inv))
-            .await?;
+        let n: i64 = self.script("idem_renew", &inv).await?;
         Ok(n == 1)
     }
 
@@ -390,9 +367,7 @@ impl Idempotency for RedisStore {
             .arg(request_id)
             .arg(result)
             .arg(ttl_ms);
-        let n: i64 = self
-            .timed("idem_complete", self.conn.run("idem_complete", &inv))
-            .await?;
+        let n: i64 = self.script("idem_complete", &inv).await?;
         Ok(n == 1)
     }
 
@@ -407,9 +382,7 @@ impl Idempotency for RedisStore {
         inv.key(self.keys.idempotency(appid, key))
             .arg(request_id)
             .arg(u8::from(keep_attempt));
-        let n: i64 = self
-            .timed("idem_release", self.conn.run("idem_release", &inv))
-            .await?;
+        let n: i64 = self.script("idem_release", &inv).await?;
         Ok(n == 1)
     }
 }
@@ -484,9 +457,7 @@ impl crate::inspect::Inspect for RedisStore {
         for (_, limit, window_ms) in q.windows {
             inv.arg(*limit).arg(*window_ms);
         }
-        let v: Vec<Value> = self
-            .timed("inspect", self.conn.run("inspect", &inv))
-            .await?;
+        let v: Vec<Value> = self.script("inspect", &inv).await?;
         let bad = || protocol("inspect", v.len());
         let s = |i: usize| v.get(i).and_then(as_string).ok_or_else(bad);
         let n = |i: usize| v.get(i).and_then(as_u64).ok_or_else(bad);

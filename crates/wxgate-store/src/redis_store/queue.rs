@@ -79,9 +79,7 @@ impl Queue for RedisStore {
             .arg(req.max_backlog)
             .arg(req.ttl_ms)
             .arg(if req.idempotency.is_some() { "1" } else { "0" });
-        let v: Vec<Value> = self
-            .timed("q_enqueue", self.conn.run("q_enqueue", &inv))
-            .await?;
+        let v: Vec<Value> = self.script("q_enqueue", &inv).await?;
         match v.first().and_then(as_u64) {
             Some(1) => Ok(Enqueued::Existing {
                 id: v
@@ -197,9 +195,7 @@ impl Queue for RedisStore {
             .arg(GROUP)
             .arg(entry)
             .arg(consumer);
-        let n: i64 = self
-            .timed("q_touch", self.conn.run("q_touch", &inv))
-            .await?;
+        let n: i64 = self.script("q_touch", &inv).await?;
         Ok(n == 1)
     }
 
@@ -239,9 +235,7 @@ impl Queue for RedisStore {
         for (k, v) in fields {
             inv.arg(*k).arg(v.as_str());
         }
-        let _: i64 = self
-            .timed("q_update", self.conn.run("q_update", &inv))
-            .await?;
+        let _: i64 = self.script("q_update", &inv).await?;
         Ok(())
     }
 
@@ -259,9 +253,7 @@ impl Queue for RedisStore {
             .arg(f.ttl_ms)
             .arg(f.id)
             .arg(f.node);
-        let n: i64 = self
-            .timed("q_finish", self.conn.run("q_finish", &inv))
-            .await?;
+        let n: i64 = self.script("q_finish", &inv).await?;
         Ok(n == 1)
     }
 
@@ -344,9 +336,7 @@ impl Queue for RedisStore {
             .arg(&letter.entry)
             .arg(&letter.id)
             .arg(ttl_ms);
-        let n: i64 = self
-            .timed("q_redrive", self.conn.run("q_redrive", &inv))
-            .await?;
+        let n: i64 = self.script("q_redrive", &inv).await?;
         Ok(n == 1)
     }
 }
