@@ -94,6 +94,44 @@ pub fn json() -> String {
         .expect("the OpenAPI document serializes")
 }
 
+/// The headers every route reads: documented once here, listed in each route's `params`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only described, never built: the handlers read the headers themselves.
+pub(crate) struct CommonHeaders {
+    /// The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up
+    /// otherwise. Echoed in the `X-Request-Id` response header and in every answer body.
+    #[param(rename = "X-Request-Id")]
+    x_request_id: Option<String>,
+    /// W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The
+    /// request joins that trace (its log lines carry the trace id; WeChat calls are
+    /// forwarded with it); an invalid value starts a new trace. The response carries this
+    /// request's `traceparent`.
+    traceparent: Option<String>,
+}
+
+/// The headers of a send (besides [`CommonHeaders`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only described, never built: the handlers read the headers themselves.
+pub(crate) struct SendHeaders {
+    /// 1-128 printable ASCII characters. The first request with a key claims it
+    /// cluster-wide; a repeat gets the kept answer (`Idempotent-Replayed: true`) without
+    /// calling WeChat, or `409 in_progress` while the first still runs.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+    /// `wait=N` (RFC 7240): when a window is full, wait up to N seconds (capped by
+    /// `limits.max_wait_secs`) for a permit instead of answering 429. `respond-async`:
+    /// queue the message durably (Redis store) and answer 202 with its id and a `Location`
+    /// for its status.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
+    /// With `respond-async`: an http(s) URL on a host in `queue.callback_hosts` that
+    /// receives the final status by POST.
+    #[param(rename = "Callback-Url")]
+    callback_url: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

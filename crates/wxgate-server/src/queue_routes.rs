@@ -122,8 +122,7 @@ fn valid_id(id: &str) -> bool {
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
         ("id" = String, Path, description = "The message id of a `202 Accepted` answer to a send with `Prefer: respond-async`."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace; an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses(
         (status = 200, description = "The queued message's status: `queued`, `sending`, `sent` (with `msgid`) or `failed` (with the classified `error`), `attempts` and times.", content_type = "application/json", body = Object),
@@ -175,8 +174,7 @@ pub struct DlqQuery {
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
         ("limit" = Option<usize>, Query, description = "At most this many dead letters, oldest first (default 100)."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace; an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses(
         (status = 200, description = "`{\"app\", \"dead_letters\": [{\"id\", \"entry\", \"message\"}]}`: each dead letter with its last status.", content_type = "application/json", body = Object),
@@ -227,8 +225,7 @@ struct RedriveBody {
     operation_id = "admin_dlq_redrive",
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace; an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     request_body(content = Object, content_type = "application/json", description = "`{\"ids\": [\"<message id>\", ...]}` or `{\"all\": true}`."),
     responses(

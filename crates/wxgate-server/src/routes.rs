@@ -293,11 +293,8 @@ fn answer(rid: &str, d: Delivery) -> Result<HttpResponse, ApiError> {
     operation_id = "send_template",
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-128 printable ASCII characters. The first request with a key claims it cluster-wide; a repeat gets the kept answer (`Idempotent-Replayed: true`) without calling WeChat, or `409 in_progress` while the first still runs."),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): when a window is full, wait up to N seconds (capped by `limits.max_wait_secs`) for a permit instead of answering 429. `respond-async`: queue the message durably (Redis store) and answer 202 with its id and a `Location` for its status."),
-        ("Callback-Url" = Option<String>, Header, description = "With `respond-async`: an http(s) URL on a host in `queue.callback_hosts` that receives the final status by POST."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::SendHeaders,
+        crate::openapi::CommonHeaders,
     ),
     request_body(content = wire::TemplateMessage, content_type = "application/json", description = "WeChat's own template-message body; unknown fields are refused. `template_id` may be a registered alias."),
     responses(
@@ -330,11 +327,8 @@ pub async fn send_template(
     operation_id = "send_subscribe",
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-128 printable ASCII characters. The first request with a key claims it cluster-wide; a repeat gets the kept answer (`Idempotent-Replayed: true`) without calling WeChat, or `409 in_progress` while the first still runs."),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): when a window is full, wait up to N seconds (capped by `limits.max_wait_secs`) for a permit instead of answering 429. `respond-async`: queue the message durably (Redis store) and answer 202 with its id and a `Location` for its status."),
-        ("Callback-Url" = Option<String>, Header, description = "With `respond-async`: an http(s) URL on a host in `queue.callback_hosts` that receives the final status by POST."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::SendHeaders,
+        crate::openapi::CommonHeaders,
     ),
     request_body(content = SubscribeBody, content_type = "application/json", description = "WeChat's own body: `SubscribeMessage` for a Mini Program app, `BizsendMessage` for an Official Account app; fields of the other shape are refused."),
     responses(
@@ -365,8 +359,7 @@ pub async fn send_subscribe(
     tag = "operations",
     operation_id = "metrics",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses(
         (status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String),
@@ -405,8 +398,7 @@ pub(crate) struct Ready {
     tag = "operations",
     operation_id = "healthz",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses((status = 200, description = "The process is up", body = Health)),
 )]
@@ -421,8 +413,7 @@ pub async fn healthz() -> HttpResponse {
     tag = "operations",
     operation_id = "openapi",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)),
 )]
@@ -440,8 +431,7 @@ pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
     tag = "operations",
     operation_id = "readyz",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses(
         (status = 200, description = "Ready: the store answers, required tokens and templates are usable, not draining", body = Ready),
@@ -507,8 +497,7 @@ fn token_response(
     operation_id = "access_token",
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses(
         (status = 200, description = "The token every replica uses (`Cache-Control: no-store`)", body = TokenBody),
@@ -548,8 +537,7 @@ pub(crate) struct InvalidateBody {
     operation_id = "invalidate_token",
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     request_body(content = InvalidateBody, content_type = "application/json"),
     responses(
@@ -622,8 +610,7 @@ fn admin_store_error(e: &wxgate_store::StoreError) -> ApiError {
     operation_id = "admin_app_state",
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses(
         (status = 200, description = "The app's shared state: the JSON of `wxgate inspect --json` (`schema_version` 1: token masked, leader, fence, windows, quotas, blocks, idempotency and recipient counts, state loss; see the README's \"Inspecting a cluster\").", content_type = "application/json", body = Object),
@@ -660,8 +647,7 @@ pub async fn admin_app_state(
     params(
         ("app" = String, Path, description = "The app's name in the configuration (`[apps.<name>]`)."),
         ("api" = String, Path, description = "The paused API: `template_send`, `subscribe_send` or `token_fetch`."),
-        ("X-Request-Id" = Option<String>, Header, description = "The caller's request id (1-128 characters of `A-Za-z0-9-_.:`); a UUID is made up otherwise. Echoed in the `X-Request-Id` response header and in every answer body."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`). The request joins that trace (its log lines carry the trace id; WeChat calls are forwarded with it); an invalid value starts a new trace. The response carries this request's `traceparent`."),
+        crate::openapi::CommonHeaders,
     ),
     responses(
         (status = 204, description = "The pause was lifted: sends of that API flow again on every node."),
