@@ -379,7 +379,8 @@ impl Engine {
 
     /// Every few seconds, the gauges that describe shared state: each app's token age and
     /// time to expiry, whether this node leads its refresh, and each configured window's use
-    /// (the fullest window per API). One read-only script per app.
+    /// (the fullest window per API), and the queue's depth, oldest entry age and dead letters.
+    /// One read-only script per app (and the queue's counts where there is a queue).
     async fn sample_state(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
             for app in self.settings.apps.values() {
@@ -431,6 +432,7 @@ impl Engine {
                         .get_or_create(&Metrics::api(&app.name, api.as_str()))
                         .set(ratio);
                 }
+                self.sample_queue(app).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -293,7 +293,7 @@ impl Engine {
         Ok(done)
     }
 
-    /// Starts the queue workers (one per app) and the queue gauges, until `shutdown`.
+    /// Starts the queue workers (one per app), until `shutdown`.
     pub fn spawn_queue_workers(
         self: &Arc<Self>,
         shutdown: tokio::sync::watch::Receiver<bool>,
@@ -309,44 +309,31 @@ impl Engine {
                 async move { me.run_worker(app, q2, sd).await },
             ));
         }
-        let me = self.clone();
-        let q = q.clone();
-        tasks.push(tokio::spawn(
-            async move { me.run_gauges(q, shutdown).await },
-        ));
         tasks
     }
 
-    /// Every second, the queue gauges of every app.
-    async fn run_gauges(
-        &self,
-        q: Arc<dyn Queue>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        loop {
-            for app in self.settings.apps.values() {
-                if let Ok(st) = q.stats(&app.appid).await {
-                    let l = AppLabels {
-                        app: app.name.clone(),
-                    };
-                    self.metrics
-                        .queue_depth
-                        .get_or_create(&l)
-                        .set(st.depth as i64);
-                    self.metrics
-                        .queue_dead_letters
-                        .get_or_create(&l)
-                        .set(st.dead_letters as i64);
-                    self.metrics
-                        .queue_oldest_age_seconds
-                        .get_or_create(&l)
-                        .set(st.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
+    /// The queue gauges of `app` (sampled with the other shared-state gauges, see
+    /// `Engine::sample_state`).
+    pub(crate) async fn sample_queue(&self, app: &App) {
+        let Ok(q) = self.queue() else {
+            return;
+        };
+        if let Ok(st) = q.stats(&app.appid).await {
+            let l = AppLabels {
+                app: app.name.clone(),
+            };
+            self.metrics
+                .queue_depth
+                .get_or_create(&l)
+                .set(st.depth as i64);
+            self.metrics
+                .queue_dead_letters
+                .get_or_create(&l)
+                .set(st.dead_letters as i64);
+            self.metrics
+                .queue_oldest_age_seconds
+                .get_or_create(&l)
+                .set(st.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
         }
     }
 
