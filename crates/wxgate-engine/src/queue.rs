@@ -448,12 +448,11 @@ impl Engine {
         let cfg = &self.settings.queue;
         let appid = &app.appid;
         let id = entry.id.as_str();
-        let ttl_ms = self.settings.sending.idempotency_ttl.as_millis() as u64;
         let msg = match q.message(appid, id).await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 let err = QueuedError::internal("the message's status expired before delivery");
-                self.finish(app, q, entry, None, Some(err), None, ttl_ms)
+                self.finish(app, q, entry, None, None, Some(err), None)
                     .await;
                 return;
             }
@@ -468,7 +467,7 @@ impl Engine {
                 .error
                 .as_deref()
                 .and_then(|e| serde_json::from_str(e).ok());
-            self.finish(app, q, entry, msg.msgid.clone(), err, None, ttl_ms)
+            self.finish(app, q, entry, None, msg.msgid.clone(), err, None)
                 .await;
             return;
         }
@@ -476,7 +475,7 @@ impl Engine {
             Ok(p) => p,
             Err(e) => {
                 let err = QueuedError::internal(format!("unreadable queued payload: {e}"));
-                self.finish(app, q, entry, None, Some(err), None, ttl_ms)
+                self.finish(app, q, entry, None, None, Some(err), None)
                     .await;
                 return;
             }
@@ -522,18 +521,14 @@ impl Engine {
         };
         match delivery.result {
             Ok(sent) => {
-                let attempts = (msg.attempts + 1).to_string();
-                if let Err(e) = q.update(appid, id, &[("attempts", attempts)]).await {
-                    tracing::warn!(app = %app.name, error = %e, "cannot count a delivery");
-                }
                 self.finish(
                     app,
                     q,
                     entry,
+                    Some(msg.attempts + 1),
                     sent.msgid.map(|m| m.to_string()),
                     None,
                     payload.callback_url,
-                    ttl_ms,
                 )
                 .await
             }
@@ -554,28 +549,34 @@ impl Engine {
                         tracing::warn!(app = %app.name, error = %e, "cannot record a retry");
                     }
                 } else {
-                    let _ = q
-                        .update(appid, id, &[("attempts", attempts.to_string())])
-                        .await;
-                    self.finish(app, q, entry, None, Some(err), payload.callback_url, ttl_ms)
-                        .await
+                    self.finish(
+                        app,
+                        q,
+                        entry,
+                        Some(attempts),
+                        None,
+                        Some(err),
+                        payload.callback_url,
+                    )
+                    .await
                 }
             }
         }
     }
 
-    /// Stores the final outcome and acknowledges the entry; a failure is dead-lettered. Then
-    /// the callback, in its own task.
+    /// Stores the final outcome (with the delivery count, when this delivery counted) and
+    /// acknowledges the entry, in one script; a failure is dead-lettered. Then the callback, in
+    /// its own task.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         self: &Arc<Self>,
         app: &App,
         q: &dyn Queue,
         entry: &QueueEntry,
+        attempts: Option<u32>,
         msgid: Option<String>,
         error: Option<QueuedError>,
         callback_url: Option<String>,
-        ttl_ms: u64,
     ) {
         let state = if error.is_some() { "failed" } else { "sent" };
         let error_json = error
@@ -591,8 +592,9 @@ impl Engine {
                     msgid: msgid.as_deref(),
                     error: error_json.as_deref(),
                     dead_letter: error.is_some(),
-                    ttl_ms,
+                    ttl_ms: self.settings.sending.idempotency_ttl.as_millis() as u64,
                     node: &self.node_id,
+                    attempts,
                 },
             )
             .await;

@@ -535,6 +535,8 @@ pub struct Finish<'a> {
     pub dead_letter: bool,
     pub ttl_ms: u64,
     pub node: &'a str,
+    /// The deliveries counted so far, to record with the outcome (`None`: leave the count).
+    pub attempts: Option<u32>,
 }
 
 /// What `wxgate inspect` and the metrics show of one app's queue.

@@ -95,6 +95,7 @@ async fn finish_acks_only_its_entry_and_idle_entries_are_claimed() {
                 dead_letter: false,
                 ttl_ms: 60_000,
                 node: "node-1",
+                attempts: None,
             },
         )
         .await
@@ -128,6 +129,7 @@ async fn finish_acks_only_its_entry_and_idle_entries_are_claimed() {
         dead_letter: true,
         ttl_ms: 60_000,
         node: "node-2",
+        attempts: None,
     };
     assert!(s.finish(APP, &f).await.unwrap());
     assert!(!s.finish(APP, &f).await.unwrap());
@@ -191,6 +193,7 @@ async fn queue_on_a_redis_cluster() {
                 dead_letter: true,
                 ttl_ms: 60_000,
                 node: "n1",
+                attempts: None,
             },
         )
         .await

@@ -4,7 +4,7 @@
 -- KEYS[1] stream, KEYS[2] status hash, KEYS[3] dead-letter stream (`...:dlq`).
 -- ARGV[1] group, ARGV[2] entry id, ARGV[3] state (`sent` | `failed`), ARGV[4] msgid or '',
 -- ARGV[5] error JSON or '', ARGV[6] '1' to dead-letter, ARGV[7] ttl ms, ARGV[8] message id,
--- ARGV[9] node.
+-- ARGV[9] node, ARGV[10] the delivery count to record or ''.
 -- Returns 1 when this call acknowledged the entry, 0 when it was acknowledged already.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -12,6 +12,9 @@ redis.call('HSET', KEYS[2], 'state', ARGV[3], 'updated_ms', now, 'finished_ms', 
   'node', ARGV[9])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], 'msgid', ARGV[4])
+end
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[2], 'attempts', ARGV[10])
 end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[2], 'error', ARGV[5])

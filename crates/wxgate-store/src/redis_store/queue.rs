@@ -252,7 +252,8 @@ impl Queue for RedisStore {
             .arg(if f.dead_letter { "1" } else { "0" })
             .arg(f.ttl_ms)
             .arg(f.id)
-            .arg(f.node);
+            .arg(f.node)
+            .arg(f.attempts.map(|a| a.to_string()).unwrap_or_default());
         let n: i64 = self.script("q_finish", &inv).await?;
         Ok(n == 1)
     }
