@@ -18,6 +18,12 @@ use wxgate_config::Settings;
 use wxgate_fake_wechat::{demo, FakeConfig, FakeWechat};
 use wxgate_server::{Application, BuildOptions};
 
+/// mimalloc instead of glibc's allocator: a send allocates and frees a few hundred small
+/// buffers (HTTP, JSON, Redis replies); glibc's malloc/free/consolidate were ~12% of the
+/// gateway's CPU under load (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client_errors;
 mod dev;
 mod dlq;
