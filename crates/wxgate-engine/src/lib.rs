@@ -29,7 +29,7 @@ mod send;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,8 +94,6 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     node_id: String,
-    /// Per-node permit counter (see `permit`).
-    permits: AtomicU64,
     /// Per appid, the highest grant sequence this node has seen (state-loss detection).
     seen: HashMap<String, AtomicU64>,
     /// Whether the limiter admits from a local share while the store is unreachable.
@@ -159,7 +157,6 @@ impl Engine {
             metrics,
             clock,
             node_id,
-            permits: AtomicU64::new(0),
             seen,
             local_share,
         })
@@ -183,10 +180,6 @@ impl Engine {
 
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock
-    }
-
-    fn next_permit(&self) -> u64 {
-        self.permits.fetch_add(1, Ordering::Relaxed)
     }
 
     fn seen_seq(&self, appid: &str) -> &AtomicU64 {

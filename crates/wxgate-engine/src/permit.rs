@@ -65,16 +65,12 @@ impl Engine {
         let seen = self.seen_seq(&app.appid);
         let asked = Instant::now();
         loop {
-            // Unique per attempt across the cluster (node id + a per-node counter), and short:
-            // it is the member stored in every sliding-log window.
-            let permit_id = format!("{}:{}", self.node_id, self.next_permit());
             let req = AcquireRequest {
                 appid: &app.appid,
                 limits: &limits,
                 quotas: &quotas,
                 blocks: &[api],
                 guard_ms: s.guard.as_millis() as u64,
-                permit_id: &permit_id,
                 known_seq: seen.load(std::sync::atomic::Ordering::Relaxed),
                 loss,
             };

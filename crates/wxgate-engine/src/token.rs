@@ -516,14 +516,12 @@ impl TokenManager {
             api: Api::TokenFetch,
             limit: daily,
         }];
-        let id = format!("{}:{}", self.cfg.node_id, uuid::Uuid::new_v4().simple());
         let req = AcquireRequest {
             appid: &app.appid,
             limits: &limits,
             quotas: &quotas,
             blocks: &[Api::TokenFetch],
             guard_ms: 0,
-            permit_id: &id,
             // The storm guard is a safety net, not WeChat's limit: no loss detection.
             known_seq: 0,
             loss: wxgate_store::LossPolicy {

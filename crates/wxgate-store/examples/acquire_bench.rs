@@ -71,14 +71,12 @@ async fn main() {
                     });
                     blocks = &[wxgate_store::Api::TemplateSend];
                 }
-                let id = format!("bench-{t}-{i}");
                 let req = AcquireRequest {
                     appid: "wx0123456789abcdef",
                     limits: &limits,
                     quotas: &quotas,
                     blocks,
                     guard_ms: 100,
-                    permit_id: &id,
                     known_seq: 0,
                     loss: Default::default(),
                 };

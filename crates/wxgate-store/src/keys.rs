@@ -3,6 +3,8 @@
 //! Every key of an app carries the appid as its hash tag (`<prefix>:{<appid>}:...`), so every
 //! script touches a single Redis Cluster slot. Only the appid stands in braces.
 
+use crate::Api;
+
 /// Builds key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -37,7 +39,13 @@ impl Keys {
     }
 
     fn app(&self, appid: &str, rest: &str) -> String {
-        format!("{}:{{{}}}:{}", self.prefix, appid, rest)
+        let mut k = String::with_capacity(self.prefix.len() + appid.len() + rest.len() + 24);
+        k.push_str(&self.prefix);
+        k.push_str(":{");
+        k.push_str(appid);
+        k.push_str("}:");
+        k.push_str(rest);
+        k
     }
 
     /// Hash: `access_token`, `expires_at_ms`, `fence`, `node`, `fetched_at_ms`, `source`.
@@ -56,24 +64,35 @@ impl Keys {
     }
 
     /// Hash: `seq` (the app's grant sequence), `lost_at_ms` (when a state loss was last
-    /// detected). No TTL: its disappearance is how a loss is detected.
+    /// detected), and per API the fields of [`api_fields`]: its pause and its daily quota. No
+    /// TTL: its disappearance is how a loss is detected.
     pub fn epoch(&self, appid: &str) -> String {
         self.app(appid, "epoch")
     }
 
-    /// Sorted set: one member per permit, scored by its grant time in µs (Redis clock).
+    /// List: the grant times (µs, Redis clock) of one sliding window, oldest first.
     pub fn window(&self, appid: &str, name: &str, window_ms: u64) -> String {
-        self.app(appid, &format!("rl:{name}:{window_ms}"))
+        let mut k = self.app(appid, "win:");
+        k.push_str(name);
+        k.push(':');
+        k.push_str(itoa::Buffer::new().format(window_ms));
+        k
     }
 
-    /// Hash: `day` (YYYYMMDD, Beijing), `used`.
-    pub fn quota(&self, appid: &str, name: &str) -> String {
-        self.app(appid, &format!("quota:{name}"))
-    }
-
-    /// String: the errcode WeChat answered that paused `api`; expires when the pause ends.
-    pub fn block(&self, appid: &str, api: &str) -> String {
-        self.app(appid, &format!("block:{api}"))
+    /// The window list of one of a send's limits: `win:<api>:<window_ms>` or
+    /// `win:user:<openid>:<window_ms>`.
+    pub fn limit_window(&self, appid: &str, l: &crate::Limit) -> String {
+        let mut k = self.app(appid, "win:");
+        match &l.scope {
+            crate::LimitScope::Api(api) => k.push_str(api.as_str()),
+            crate::LimitScope::Recipient(openid) => {
+                k.push_str("user:");
+                k.push_str(openid);
+            }
+        }
+        k.push(':');
+        k.push_str(itoa::Buffer::new().format(l.window_ms));
+        k
     }
 
     /// String: a cached copy of something WeChat said (`templates`: the template lists).
@@ -123,8 +142,61 @@ impl Keys {
     pub fn recipient_window_pattern(&self, appid: &str, window_ms: u64) -> String {
         format!(
             "{}*:{window_ms}",
-            crate::inspect::glob_escape(&self.app(appid, "rl:user:"))
+            crate::inspect::glob_escape(&self.app(appid, "win:user:"))
         )
+    }
+}
+
+/// The fields of an app's epoch hash that hold one API's pause and daily quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiFields {
+    /// When the pause ends (unix ms, Redis clock); a past end is no pause.
+    pub pause_until: &'static str,
+    /// The errcode WeChat answered that set the pause.
+    pub pause_errcode: &'static str,
+    /// The Beijing day (days since 1970-01-01 in UTC+8) `quota_used` counts for.
+    pub quota_day: &'static str,
+    /// Calls counted against the daily quota on that day.
+    pub quota_used: &'static str,
+}
+
+/// The epoch-hash fields of `api` (static: no allocation per send).
+pub fn api_fields(api: Api) -> &'static ApiFields {
+    const fn f(
+        pause_until: &'static str,
+        pause_errcode: &'static str,
+        quota_day: &'static str,
+        quota_used: &'static str,
+    ) -> ApiFields {
+        ApiFields {
+            pause_until,
+            pause_errcode,
+            quota_day,
+            quota_used,
+        }
+    }
+    static TEMPLATE: ApiFields = f(
+        "pause:template_send:until_ms",
+        "pause:template_send:errcode",
+        "quota:template_send:dn",
+        "quota:template_send:used",
+    );
+    static SUBSCRIBE: ApiFields = f(
+        "pause:subscribe_send:until_ms",
+        "pause:subscribe_send:errcode",
+        "quota:subscribe_send:dn",
+        "quota:subscribe_send:used",
+    );
+    static TOKEN: ApiFields = f(
+        "pause:token_fetch:until_ms",
+        "pause:token_fetch:errcode",
+        "quota:token_fetch:dn",
+        "quota:token_fetch:used",
+    );
+    match api {
+        Api::TemplateSend => &TEMPLATE,
+        Api::SubscribeSend => &SUBSCRIBE,
+        Api::TokenFetch => &TOKEN,
     }
 }
 
@@ -141,12 +213,16 @@ mod tests {
         );
         assert_eq!(
             k.window("wx1", "template_send", 60_000),
-            "wxgate:{wx1}:rl:template_send:60000"
+            "wxgate:{wx1}:win:template_send:60000"
         );
-        assert_eq!(
-            k.quota("wx1", "template_send"),
-            "wxgate:{wx1}:quota:template_send"
-        );
+        for api in [Api::TemplateSend, Api::SubscribeSend, Api::TokenFetch] {
+            let f = api_fields(api);
+            let name = api.as_str();
+            assert_eq!(f.pause_until, format!("pause:{name}:until_ms"));
+            assert_eq!(f.pause_errcode, format!("pause:{name}:errcode"));
+            assert_eq!(f.quota_day, format!("quota:{name}:dn"));
+            assert_eq!(f.quota_used, format!("quota:{name}:used"));
+        }
         assert_eq!(k.idempotency("wx1", "order-1"), "wxgate:{wx1}:idem:order-1");
         assert_eq!(k.epoch("wx1"), "wxgate:{wx1}:epoch");
         assert_eq!(k.queue("wx1"), "wxgate:{wx1}:q");
@@ -159,7 +235,7 @@ mod tests {
         assert_eq!(k.idempotency_pattern("wx1"), "wxgate:{wx1}:idem:*");
         assert_eq!(
             k.recipient_window_pattern("wx1", 1000),
-            "wxgate:{wx1}:rl:user:*:1000"
+            "wxgate:{wx1}:win:user:*:1000"
         );
         assert!(Keys::new("a{b}").is_err());
         assert!(Keys::new("").is_err());

@@ -213,8 +213,6 @@ pub struct AcquireRequest<'a> {
     /// Extra time every window entry is kept, so the count also holds where WeChat receives
     /// the call (network jitter shifts arrivals).
     pub guard_ms: u64,
-    /// Unique per attempt: makes each permit a distinct window entry.
-    pub permit_id: &'a str,
     /// The highest grant sequence of this app the caller has seen (0: none).
     pub known_seq: u64,
     pub loss: LossPolicy,

@@ -28,6 +28,7 @@ use crate::StoreError;
 pub(crate) struct Scripts {
     acquire: Script,
     block: Script,
+    block_lift: Script,
     token_write: Script,
     token_invalidate: Script,
     lease_acquire: Script,
@@ -52,6 +53,7 @@ impl Scripts {
         Self {
             acquire: Script::new(include_str!("../lua/acquire.lua")),
             block: Script::new(include_str!("../lua/block.lua")),
+            block_lift: Script::new(include_str!("../lua/block_lift.lua")),
             token_write: Script::new(include_str!("../lua/token_write.lua")),
             token_invalidate: Script::new(include_str!("../lua/token_invalidate.lua")),
             lease_acquire: Script::new(include_str!("../lua/lease_acquire.lua")),

@@ -8,6 +8,7 @@ use redis::Value;
 
 use super::connection::as_string;
 use super::{as_u64, protocol, RedisStore};
+use crate::keys::api_fields;
 use crate::{
     Acquire, AcquireReply, AcquireRequest, Api, BlockCause, Cache, ClaimRequest, ExternalToken,
     Health, IdemClaim, Idempotency, Leases, Limiter, NewToken, PreviousClaim, StoreError,
@@ -144,28 +145,31 @@ impl Limiter for RedisStore {
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError> {
         let mut inv = self.scripts.acquire.prepare_invoke();
         inv.key(self.keys.epoch(req.appid));
+        for l in req.limits {
+            inv.key(self.keys.limit_window(req.appid, l));
+        }
+        inv.arg(req.known_seq)
+            .arg(req.blocks.len())
+            .arg(req.quotas.len())
+            .arg(req.limits.len());
         for api in req.blocks {
-            inv.key(self.keys.block(req.appid, api.as_str()));
+            let f = api_fields(*api);
+            inv.arg(f.pause_until).arg(f.pause_errcode);
         }
         for q in req.quotas {
-            inv.key(self.keys.quota(req.appid, q.api.as_str()));
+            let f = api_fields(q.api);
+            inv.arg(f.quota_day).arg(f.quota_used);
         }
-        for l in req.limits {
-            inv.key(self.keys.window(req.appid, &l.name(), l.window_ms));
-        }
-        inv.arg(req.blocks.len())
-            .arg(req.quotas.len())
-            .arg(req.limits.len())
-            .arg(req.guard_ms)
-            .arg(req.permit_id)
-            .arg(req.known_seq)
-            .arg(u8::from(req.loss.hold))
-            .arg(req.loss.hold_max_window_ms);
         for q in req.quotas {
             inv.arg(q.limit);
         }
         for l in req.limits {
-            inv.arg(l.limit).arg(l.window_ms);
+            let span_ms = l.window_ms + req.guard_ms;
+            let hold = req.loss.hold && l.window_ms <= req.loss.hold_max_window_ms;
+            inv.arg(l.limit)
+                .arg(span_ms * 1000)
+                .arg(span_ms + 1000)
+                .arg(u8::from(hold));
         }
         let v: Vec<Value> = self.script("acquire", &inv).await?;
         let n = |i: usize| {
@@ -198,12 +202,10 @@ impl Limiter for RedisStore {
                             .blocks
                             .get(index)
                             .ok_or_else(|| protocol("acquire", &v))?,
-                        // A pause set by an older version holds text: errcode 0 (unknown).
-                        errcode: v
-                            .get(5)
-                            .and_then(as_string)
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0),
+                        errcode: match v.get(5) {
+                            Some(Value::Int(e)) => *e,
+                            _ => return Err(protocol("acquire", &v)),
+                        },
                     },
                     2 => {
                         let q = req
@@ -234,8 +236,11 @@ impl Limiter for RedisStore {
         until_ms: u64,
         errcode: i64,
     ) -> Result<(), StoreError> {
+        let f = api_fields(api);
         let mut inv = self.scripts.block.prepare_invoke();
-        inv.key(self.keys.block(appid, api.as_str()))
+        inv.key(self.keys.epoch(appid))
+            .arg(f.pause_until)
+            .arg(f.pause_errcode)
             .arg(until_ms)
             .arg(errcode);
         let _: i64 = self.script("block", &inv).await?;
@@ -437,16 +442,9 @@ impl crate::inspect::Inspect for RedisStore {
         for (api, _, window_ms) in q.windows {
             inv.key(self.keys.window(app, api.as_str(), *window_ms));
         }
-        for quota in q.quotas {
-            inv.key(self.keys.quota(app, quota.api.as_str()));
-        }
-        for api in q.blocks {
-            inv.key(self.keys.block(app, api.as_str()));
-        }
         inv.arg(q.windows.len())
             .arg(q.quotas.len())
             .arg(q.blocks.len())
-            .arg(q.guard_ms)
             .arg(q.scan_limit)
             .arg(self.keys.idempotency_pattern(app))
             .arg(
@@ -454,8 +452,16 @@ impl crate::inspect::Inspect for RedisStore {
                     .map(|w| self.keys.recipient_window_pattern(app, w))
                     .unwrap_or_default(),
             );
+        for quota in q.quotas {
+            let f = api_fields(quota.api);
+            inv.arg(f.quota_day).arg(f.quota_used);
+        }
+        for api in q.blocks {
+            let f = api_fields(*api);
+            inv.arg(f.pause_until).arg(f.pause_errcode);
+        }
         for (_, limit, window_ms) in q.windows {
-            inv.arg(*limit).arg(*window_ms);
+            inv.arg(*limit).arg((*window_ms + q.guard_ms) * 1000);
         }
         let v: Vec<Value> = self.script("inspect", &inv).await?;
         let bad = || protocol("inspect", v.len());
@@ -498,21 +504,19 @@ impl crate::inspect::Inspect for RedisStore {
             });
             i += 2;
         }
-        let today = wxgate_protocol::time::beijing_yyyymmdd(now_ms);
         let mut quotas_used = Vec::with_capacity(q.quotas.len());
         for _ in q.quotas {
-            quotas_used.push(if s(i)? == today { n(i + 1)? } else { 0 });
-            i += 2;
+            quotas_used.push(n(i)?);
+            i += 1;
         }
         let mut pauses = Vec::new();
         for api in q.blocks {
-            let pttl = int(i + 1)?;
-            if pttl > 0 {
+            let until_ms = n(i + 1)?;
+            if until_ms > 0 {
                 pauses.push(PauseInfo {
                     api: *api,
-                    // A pause set by an older version holds text: errcode 0 (unknown).
-                    errcode: s(i)?.parse().unwrap_or(0),
-                    until_ms: now_ms + pttl as u64,
+                    errcode: int(i)?,
+                    until_ms,
                 });
             }
             i += 2;
@@ -539,13 +543,12 @@ impl crate::inspect::Inspect for RedisStore {
     }
 
     async fn lift_pause(&self, appid: &str, api: Api) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .timed(
-                "block_lift",
-                self.conn
-                    .cmd(redis::cmd("DEL").arg(self.keys.block(appid, api.as_str()))),
-            )
-            .await?;
+        let f = api_fields(api);
+        let mut inv = self.scripts.block_lift.prepare_invoke();
+        inv.key(self.keys.epoch(appid))
+            .arg(f.pause_until)
+            .arg(f.pause_errcode);
+        let n: i64 = self.script("block_lift", &inv).await?;
         Ok(n == 1)
     }
 }

@@ -59,14 +59,12 @@ async fn acquire_seen(
     known_seq: u64,
     hold: bool,
 ) -> AcquireReply {
-    let id = uuid::Uuid::new_v4().to_string();
     s.acquire(&AcquireRequest {
         appid,
         limits,
         quotas,
         blocks,
         guard_ms: 0,
-        permit_id: &id,
         known_seq,
         loss: LossPolicy {
             hold,
@@ -812,15 +810,13 @@ async fn keys_are_readable_namespaced_and_expire() {
     keys.sort();
     let expect = |rest: &str| format!("{p}:{{{app}}}:{rest}");
     let mut expected = vec![
-        expect("block:template_send"),
         expect("epoch"),
         expect("fence"),
         expect("idem:order-9"),
         expect("leader"),
-        expect("quota:template_send"),
-        expect("rl:template_send:60000"),
-        expect("rl:user:o1:60000"),
         expect("token"),
+        expect("win:template_send:60000"),
+        expect("win:user:o1:60000"),
     ];
     expected.sort();
     assert_eq!(keys, expected);
@@ -832,50 +828,64 @@ async fn keys_are_readable_namespaced_and_expire() {
             assert!(ttl > 0, "{k} has no TTL");
         }
     }
-    assert_eq!(
-        server.cli(&["HGET", &expect("quota:template_send"), "used"]),
-        "1"
-    );
+    // A window is a list of grant times (µs, Redis clock).
+    assert_eq!(server.cli(&["TYPE", &expect("win:user:o1:60000")]), "list");
     let now = s.now_ms().await.unwrap();
+    let granted: u64 = server
+        .cli(&["LINDEX", &expect("win:template_send:60000"), "0"])
+        .parse()
+        .unwrap();
+    assert!(granted / 1000 <= now && granted / 1000 + 60_000 > now);
+    // The epoch hash holds the grant sequence, the pause and the daily quota.
+    let epoch = expect("epoch");
+    let field = |f: &str| server.cli(&["HGET", &epoch, f]);
+    assert_eq!(field("seq"), "1");
+    assert_eq!(field("quota:template_send:used"), "1");
     assert_eq!(
-        server.cli(&["HGET", &expect("quota:template_send"), "day"]),
-        wxgate_protocol::time::beijing_yyyymmdd(now)
-    );
-    assert_eq!(
-        server.cli(&["HGET", &expect("quota:template_send"), "dn"]),
+        field("quota:template_send:dn"),
         wxgate_protocol::time::beijing_day(now).to_string()
     );
+    assert_eq!(field("pause:template_send:errcode"), "45011");
+    let until: u64 = field("pause:template_send:until_ms").parse().unwrap();
+    assert!(until > now && until <= now + 60_000);
     assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
-    assert_eq!(server.cli(&["HGET", &expect("epoch"), "seq"]), "1");
-    assert_eq!(
-        server.cli(&["GET", &expect("block:template_send")]),
-        "45011"
-    );
 }
 
-/// A quota hash without `dn` (written by a version that kept only `day`) still counts for its
-/// day: an upgrade in the middle of a day must not hand out the day's quota again. A hash of
-/// another day starts the count afresh.
+/// A quota counts per Beijing day: the count of an earlier day (its `dn` field) does not
+/// count today, and the first grant of the day restarts it at 1.
 #[tokio::test]
-async fn quota_hashes_of_today_without_a_day_number_keep_counting() {
+async fn quota_counts_of_an_earlier_day_do_not_count() {
     require_redis();
     let server = RedisServer::start();
     let p = prefix();
     let s = redis_store(Topology::Standalone { url: server.url() }, &p);
     let app = "wx0123456789abcdef";
-    let key = format!("{p}:{{{app}}}:quota:template_send");
+    let epoch = format!("{p}:{{{app}}}:epoch");
     let now = s.now_ms().await.unwrap();
-    let today = wxgate_protocol::time::beijing_yyyymmdd(now);
+    let today = wxgate_protocol::time::beijing_day(now);
     let q = [DailyQuota {
         api: Api::TemplateSend,
         limit: 9,
     }];
-    server.cli(&["HSET", &key, "day", &today, "used", "8"]);
+    let set = |dn: u64, used: u64| {
+        server.cli(&[
+            "HSET",
+            &epoch,
+            "quota:template_send:dn",
+            &dn.to_string(),
+            "quota:template_send:used",
+            &used.to_string(),
+        ]);
+    };
+    set(today, 8);
     assert!(matches!(
         acquire(&*s, app, &[], &q, &[]).await,
         Acquire::Granted { .. }
     ));
-    assert_eq!(server.cli(&["HGET", &key, "used"]), "9");
+    assert_eq!(
+        server.cli(&["HGET", &epoch, "quota:template_send:used"]),
+        "9"
+    );
     assert!(matches!(
         acquire(&*s, app, &[], &q, &[]).await,
         Acquire::Blocked {
@@ -883,17 +893,19 @@ async fn quota_hashes_of_today_without_a_day_number_keep_counting() {
             ..
         }
     ));
-    // Yesterday's count (with or without its day number) does not count today.
-    let yesterday = wxgate_protocol::time::beijing_yyyymmdd(now - 86_400_000);
-    let dn = (wxgate_protocol::time::beijing_day(now) - 1).to_string();
-    server.cli(&["DEL", &key]);
-    server.cli(&["HSET", &key, "day", &yesterday, "dn", &dn, "used", "9"]);
+    set(today - 1, 9);
     assert!(matches!(
         acquire(&*s, app, &[], &q, &[]).await,
         Acquire::Granted { .. }
     ));
-    assert_eq!(server.cli(&["HGET", &key, "used"]), "1");
-    assert_eq!(server.cli(&["HGET", &key, "day"]), today);
+    assert_eq!(
+        server.cli(&["HGET", &epoch, "quota:template_send:used"]),
+        "1"
+    );
+    assert_eq!(
+        server.cli(&["HGET", &epoch, "quota:template_send:dn"]),
+        today.to_string()
+    );
 }
 
 #[tokio::test]

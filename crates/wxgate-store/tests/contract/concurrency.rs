@@ -37,14 +37,12 @@ async fn hammer(replicas: Vec<Arc<dyn Store>>, tasks: usize) -> (Vec<u64>, u64) 
                     window_ms: W_MS,
                 }];
                 while started.elapsed() < RUN {
-                    let id = uuid::Uuid::new_v4().to_string();
                     let req = AcquireRequest {
                         appid: "wx00000000000000aa",
                         limits: &limits,
                         quotas: &[],
                         blocks: &[],
                         guard_ms: GUARD_MS,
-                        permit_id: &id,
                         known_seq: 0,
                         loss: Default::default(),
                     };

@@ -12,7 +12,6 @@ use crate::{prefix, redis_store};
 const APP: &str = "wx0000000000000bbb";
 
 async fn try_acquire(s: &dyn Store) -> Result<Acquire, StoreError> {
-    let id = uuid::Uuid::new_v4().to_string();
     let limits = [Limit {
         scope: wxgate_store::LimitScope::Api(wxgate_store::Api::TemplateSend),
         limit: 1_000_000,
@@ -24,7 +23,6 @@ async fn try_acquire(s: &dyn Store) -> Result<Acquire, StoreError> {
         quotas: &[],
         blocks: &[wxgate_store::Api::TemplateSend],
         guard_ms: 100,
-        permit_id: &id,
         known_seq: 0,
         loss: Default::default(),
     })

@@ -175,7 +175,6 @@ async fn rediss_with_a_private_ca() {
         quotas: &[],
         blocks: &[],
         guard_ms: 0,
-        permit_id: "p1",
         known_seq: 0,
         loss: Default::default(),
     };
@@ -184,13 +183,10 @@ async fn rediss_with_a_private_ca() {
         Acquire::Granted { .. }
     ));
     assert!(matches!(
-        s.acquire(&AcquireRequest {
-            permit_id: "p2",
-            ..req.clone()
-        })
-        .await
-        .unwrap()
-        .decision,
+        s.acquire(&AcquireRequest { ..req.clone() })
+            .await
+            .unwrap()
+            .decision,
         Acquire::Wait { .. }
     ));
     // Without the CA the server's certificate is not trusted: unavailable, never plain text.
