@@ -174,8 +174,7 @@ impl WechatClient {
     ) -> Result<Answered<PrivateTemplateList>, UpstreamError> {
         let req = self
             .http
-            .get(self.url(paths::GET_ALL_PRIVATE_TEMPLATE))
-            .query(&[("access_token", access_token)]);
+            .get(self.url_with_token(paths::GET_ALL_PRIVATE_TEMPLATE, access_token));
         self.call(req).await
     }
 
@@ -186,8 +185,7 @@ impl WechatClient {
     ) -> Result<Answered<NewTemplateList>, UpstreamError> {
         let req = self
             .http
-            .get(self.url(paths::GET_NEW_TEMPLATES))
-            .query(&[("access_token", access_token)]);
+            .get(self.url_with_token(paths::GET_NEW_TEMPLATES, access_token));
         self.call(req).await
     }
 
@@ -203,6 +201,28 @@ impl WechatClient {
         url
     }
 
+    /// The URL of `path` with the token as its query (set directly: no form encoder, no
+    /// re-parse of the whole URL).
+    fn url_with_token(&self, path: &str, access_token: &str) -> reqwest::Url {
+        let mut url = self.url(path);
+        let mut query = String::with_capacity(13 + access_token.len());
+        query.push_str("access_token=");
+        // WeChat's tokens are [A-Za-z0-9_-]; anything else is percent-encoded, so a token
+        // is always exactly one query value.
+        for b in access_token.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                query.push(b as char);
+            } else {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                query.push('%');
+                query.push(HEX[usize::from(b >> 4)] as char);
+                query.push(HEX[usize::from(b & 0x0f)] as char);
+            }
+        }
+        url.set_query(Some(&query));
+        url
+    }
+
     async fn post_with_token<B: Serialize>(
         &self,
         path: &str,
@@ -211,8 +231,7 @@ impl WechatClient {
     ) -> Result<SendResponse, UpstreamError> {
         let req = self
             .http
-            .post(self.url(path))
-            .query(&[("access_token", access_token)])
+            .post(self.url_with_token(path, access_token))
             .json(body);
         let bytes = self.fetch(req).await?;
         serde_json::from_slice::<SendResponse>(&bytes)
@@ -313,6 +332,19 @@ mod tests {
                 .as_str(),
             "http://proxy.internal/wechat/cgi-bin/token"
         );
+        assert_eq!(
+            client("http://proxy.internal/wechat/")
+                .url_with_token(paths::TEMPLATE_SEND, "TOKEN_a-b.c")
+                .as_str(),
+            "http://proxy.internal/wechat/cgi-bin/message/template/send?access_token=TOKEN_a-b.c"
+        );
+        // Whatever a token holds, it stays inside the query's one value.
+        let odd = client("http://127.0.0.1:8081").url_with_token(paths::TEMPLATE_SEND, "a b#c&d");
+        assert_eq!(odd.fragment(), None);
+        assert_eq!(odd.query(), Some("access_token=a%20b%23c%26d"));
+        let pairs: Vec<_> = odd.query_pairs().collect();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].1, "a b#c&d");
     }
 
     #[test]

@@ -53,8 +53,20 @@ fn hex_to<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Appends the lower-case hex of `bytes` (no formatting machinery: this runs for every
+/// request and every upstream attempt).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
 }
 
 impl TraceContext {
@@ -125,12 +137,14 @@ impl TraceContext {
 
     /// The `traceparent` header value naming this span as the parent.
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            self.flags
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
     }
 }
 
