@@ -549,4 +549,26 @@ mod tests {
             seen[0].starts_with("POST /cgi-bin/message/template/send?access_token=TOKEN HTTP/1.1")
         );
     }
+
+    /// An https:// base URL goes through TLS: a server that is not WeChat (here: one that
+    /// closes the connection instead of a handshake) fails before anything is sent.
+    #[tokio::test]
+    async fn a_failed_tls_handshake_is_not_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                drop(s);
+            }
+        });
+        let c = client(&format!("https://127.0.0.1:{port}"));
+        let msg: TemplateMessage = serde_json::from_value(serde_json::json!({
+            "touser": "o1", "template_id": "t1", "data": {}
+        }))
+        .unwrap();
+        match c.send_template("TOKEN", &msg).await {
+            Err(UpstreamError::NotSent(detail)) => assert!(!detail.contains("TOKEN"), "{detail}"),
+            other => panic!("expected NotSent, got {other:?}"),
+        }
+    }
 }
