@@ -23,8 +23,8 @@ for mode in single full; do
   usec=$(redis-cli -p "$port" info commandstats | tr -d '\r' | grep -E '^cmdstat_evalsha:' | sed -E 's/.*usec_per_call=([0-9.]+).*/\1/')
   echo "$out"
   if [ "$mode" = single ]; then
-    key=$(redis-cli -p "$port" --scan --pattern '*rl:template_send:1000' | head -1)
-    n=$(redis-cli -p "$port" zcard "$key"); bytes=$(redis-cli -p "$port" memory usage "$key" samples 0)
+    key=$(redis-cli -p "$port" --scan --pattern '*win:template_send:1000' | head -1)
+    n=$(redis-cli -p "$port" llen "$key"); bytes=$(redis-cli -p "$port" memory usage "$key" samples 0)
     python3 -c "print(f'sliding log memory: {$n} entries in {$bytes} bytes = {$bytes/max($n,1):.0f} bytes per entry (a key never holds more than its limit N)')"
   fi
   python3 -c "print(f'  ratio to raw EVAL: {float(\"$ours\")/float(\"$raw\")*100:.0f}%; Redis CPU per acquire (commandstats evalsha usec_per_call): $usec µs')"

@@ -1,12 +1,21 @@
-//! The reference "bare hop" of `shared/design/toolbox.md` §6, for `bench/gateway.sh`: an
-//! actix-web program that does only what every send must — parse the JSON body, one Redis
-//! sliding-log script by EVALSHA, one reqwest POST upstream, answer — so the gateway's cost can
-//! be compared against the floor with the same upstream, Redis and load on the same machine.
+//! The reference "bare hop" for `bench/gateway.sh`: an actix-web program that does only what
+//! every send must — parse the JSON body, one Redis sliding-log script by EVALSHA, one POST
+//! upstream (hyper's client, as the gateway's), answer — so the gateway's cost can be compared
+//! against the floor with the same upstream, Redis and load on the same machine.
 //!
 //! `bare_hop LISTEN REDIS_URL UPSTREAM_URL APPID SECRET`
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 use redis::Script;
+
+/// The same allocator as the gateway's binary, so neither side is measured with a handicap
+/// the other has not (it makes no measurable difference to the hop: BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SLIDING_LOG: &str = r"
 local t = redis.call('TIME')
@@ -21,8 +30,10 @@ return 1
 struct Hop {
     redis: redis::Client,
     script: Script,
-    http: reqwest::Client,
-    url: String,
+    /// hyper's client, as the gateway's upstream crate uses (reqwest's per-request URL parsing
+    /// would make the floor slower than the gateway).
+    http: Client<HttpConnector, Full<Bytes>>,
+    url: http::Uri,
 }
 
 /// The worker's own Redis connection, made on its first request: a multiplexed connection's
@@ -64,8 +75,16 @@ async fn send(
     if allowed == 0 {
         return HttpResponse::TooManyRequests().finish();
     }
-    match hop.http.post(&hop.url).json(&msg).send().await {
-        Ok(r) => HttpResponse::Ok().body(r.bytes().await.unwrap_or_default()),
+    let body = serde_json::to_vec(&msg).unwrap_or_default();
+    let req = http::Request::post(hop.url.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    match hop.http.request(req).await {
+        Ok(r) => match r.into_body().collect().await {
+            Ok(b) => HttpResponse::Ok().body(b.to_bytes()),
+            Err(e) => HttpResponse::BadGateway().body(e.to_string()),
+        },
         Err(e) => HttpResponse::BadGateway().body(e.to_string()),
     }
 }
@@ -86,12 +105,14 @@ async fn main() -> std::io::Result<()> {
     let url = format!(
         "{upstream}/cgi-bin/message/template/send?access_token={}",
         token["access_token"].as_str().expect("access_token")
-    );
+    )
+    .parse()
+    .expect("upstream URL");
     let redis = redis::Client::open(redis_url.as_str()).expect("redis url");
     let hop = web::Data::new(Hop {
         redis,
         script: Script::new(SLIDING_LOG),
-        http: reqwest::Client::new(),
+        http: Client::builder(TokioExecutor::new()).build_http(),
         url,
     });
     HttpServer::new(move || {
