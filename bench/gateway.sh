@@ -10,7 +10,9 @@
 #   memory-info    the same with info logs (one JSON line per send) written to a file
 #   redis          shared state in a local redis-server, no limits (one acquire script: the blocks)
 #   redis-limits   the same with an app window, a per-recipient window and a daily quota
-# and, for the Redis variants, Redis commands per send (INFO commandstats, scripts' inner
+#   hop-reqwest    the bare hop posting with reqwest (as first written; the gateway and the hop
+#                  now use hyper's client directly): shows what the HTTP client costs
+# and, for the hops and Redis variants, Redis commands per send (INFO commandstats, scripts' inner
 # commands included, divided by the sends wrk completed).
 #
 # Upstream: UPSTREAM=zero (default: crates/wxgate-fake-wechat/examples/zero.rs, answers without
@@ -126,8 +128,10 @@ run() {
   echo "$round $variant $rps $p50 $p99 $cmds $cpu $rcpu" >> "$work/results"
 }
 hop() {
+  local client=hyper
+  [ "$1" = hop-reqwest ] && client=reqwest
   "$target/examples/bare_hop" "127.0.0.1:$gw_port" "redis://127.0.0.1:$redis_port" \
-    "http://127.0.0.1:$up_port" wx0123456789abcdef demo-secret >"$work/hop.log" 2>&1 & local p=$!
+    "http://127.0.0.1:$up_port" wx0123456789abcdef demo-secret "$client" >"$work/hop.log" 2>&1 & local p=$!
   wait_up "http://127.0.0.1:$gw_port/"
   run "$1" "http://127.0.0.1:$gw_port/send" "$p"
   kill $p; wait $p 2>/dev/null || true
@@ -147,6 +151,7 @@ for round in $(seq "$rounds"); do
   echo "== round $round"
   hop hop-first
   for v in memory memory-info redis redis-limits; do gateway "$v"; done
+  hop hop-reqwest
   hop hop-last
 done
 
@@ -158,7 +163,7 @@ rows = [l.split() for l in open(sys.argv[1])]
 by = collections.defaultdict(dict)
 for r, v, rps, p50, p99, cmds, cpu, rcpu in rows:
     by[r][v] = (float(rps), float(p50), float(p99), cmds, cpu, rcpu)
-variants = ["memory", "memory-info", "redis", "redis-limits"]
+variants = ["memory", "memory-info", "redis", "redis-limits", "hop-reqwest"]
 print(f"{'round':<6}{'hop req/s':>10}" + "".join(f"{v:>16}" for v in variants) + "   (p99 ÷ hop p99)")
 for r, d in by.items():
     hop = (d["hop-first"][0] + d["hop-last"][0]) / 2
@@ -167,6 +172,8 @@ for r, d in by.items():
     p99s = " ".join(f"{d[v][2] / hop99:.1f}x" for v in variants)
     print(f"{r:<6}{hop:>10.0f}{cells}   ({p99s})")
 cmds = {v: [d[v][3] for d in by.values()] for v in ["hop-first", "redis", "redis-limits"]}
+print("redis-limits as a ratio of hop-reqwest (the hop as first written, posting with reqwest):",
+      ", ".join(f"{d['redis-limits'][0] / d['hop-reqwest'][0] * 100:.0f}%" for d in by.values()))
 print("redis commands per send:", ", ".join(f"{v} {'/'.join(c)}" for v, c in cmds.items()))
 order = ["hop-first"] + variants
 print("CPU per send, server process / redis-server (us, by round):")

@@ -3,7 +3,9 @@
 //! upstream (hyper's client, as the gateway's), answer — so the gateway's cost can be compared
 //! against the floor with the same upstream, Redis and load on the same machine.
 //!
-//! `bare_hop LISTEN REDIS_URL UPSTREAM_URL APPID SECRET`
+//! `bare_hop LISTEN REDIS_URL UPSTREAM_URL APPID SECRET [hyper|reqwest]` — `reqwest` posts with
+//! reqwest instead (the hop as first written, kept so the bench can show what the client
+//! costs).
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use bytes::Bytes;
@@ -34,6 +36,8 @@ struct Hop {
     /// would make the floor slower than the gateway).
     http: Client<HttpConnector, Full<Bytes>>,
     url: http::Uri,
+    /// Set when the hop posts with reqwest.
+    reqwest: Option<reqwest::Client>,
 }
 
 /// The worker's own Redis connection, made on its first request: a multiplexed connection's
@@ -75,6 +79,12 @@ async fn send(
     if allowed == 0 {
         return HttpResponse::TooManyRequests().finish();
     }
+    if let Some(client) = &hop.reqwest {
+        return match client.post(hop.url.to_string()).json(&msg).send().await {
+            Ok(r) => HttpResponse::Ok().body(r.bytes().await.unwrap_or_default()),
+            Err(e) => HttpResponse::BadGateway().body(e.to_string()),
+        };
+    }
     let body = serde_json::to_vec(&msg).unwrap_or_default();
     let req = http::Request::post(hop.url.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -113,6 +123,7 @@ async fn main() -> std::io::Result<()> {
         redis,
         script: Script::new(SLIDING_LOG),
         http: Client::builder(TokioExecutor::new()).build_http(),
+        reqwest: (a.get(6).map(String::as_str) == Some("reqwest")).then(reqwest::Client::new),
         url,
     });
     HttpServer::new(move || {

@@ -501,6 +501,33 @@ impl RedisConn {
             .await
     }
 
+    /// Runs a script whose `EVALSHA` command the caller built directly (`cmd`: `EVALSHA <sha>
+    /// <numkeys> keys... args...`, see [`evalsha`]): one contiguous argument buffer instead of
+    /// a `ScriptInvocation`'s one allocation per argument and its copy into a command — the
+    /// hot path's script (`acquire`) has ~20 arguments. Loads the script on `NOSCRIPT` and runs
+    /// it again, as `ScriptInvocation` does.
+    pub(crate) async fn run_evalsha<T: FromRedisValue>(
+        &self,
+        script: &'static str,
+        source: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        use tracing::Instrument;
+        self.exec(|mut c| async move {
+            match cmd.query_async::<T>(&mut c).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    source.prepare_invoke().load_async(&mut c).await?;
+                    cmd.query_async::<T>(&mut c).await
+                }
+                r => r,
+            }
+        })
+        .instrument(tracing::info_span!("redis_script", script))
+        .await
+    }
+
     /// Runs a single command; see [`Self::exec`].
     pub(crate) async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         self.exec(|mut c| async move { cmd.query_async::<T>(&mut c).await })
@@ -558,6 +585,14 @@ impl RedisConn {
             }
         }
     }
+}
+
+/// The start of an `EVALSHA` of `script` with `numkeys` keys; append the keys, then the
+/// arguments, and run it with [`RedisConn::run_evalsha`].
+pub(crate) fn evalsha(script: &redis::Script, numkeys: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3 + numkeys + 24, 512);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(numkeys);
+    cmd
 }
 
 pub(crate) fn as_string(v: &Value) -> Option<String> {

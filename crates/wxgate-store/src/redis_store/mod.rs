@@ -113,6 +113,17 @@ impl RedisStore {
         self.timed(name, self.conn.run(name, inv)).await
     }
 
+    /// Runs a script by a command built with [`connection::evalsha`] (the hot path).
+    async fn script_cmd<T: redis::FromRedisValue>(
+        &self,
+        name: &'static str,
+        source: &Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.timed(name, self.conn.run_evalsha(name, source, cmd))
+            .await
+    }
+
     /// Runs one store operation, reporting its latency and failure to the observer.
     async fn timed<T>(
         &self,

@@ -143,35 +143,37 @@ impl TokenStore for RedisStore {
 #[async_trait]
 impl Limiter for RedisStore {
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError> {
-        let mut inv = self.scripts.acquire.prepare_invoke();
-        inv.key(self.keys.epoch(req.appid));
+        let mut cmd = super::connection::evalsha(&self.scripts.acquire, 1 + req.limits.len());
+        cmd.arg(self.keys.epoch(req.appid));
         for l in req.limits {
-            inv.key(self.keys.limit_window(req.appid, l));
+            cmd.arg(self.keys.limit_window(req.appid, l));
         }
-        inv.arg(req.known_seq)
+        cmd.arg(req.known_seq)
             .arg(req.blocks.len())
             .arg(req.quotas.len())
             .arg(req.limits.len());
         for api in req.blocks {
             let f = api_fields(*api);
-            inv.arg(f.pause_until).arg(f.pause_errcode);
+            cmd.arg(f.pause_until).arg(f.pause_errcode);
         }
         for q in req.quotas {
             let f = api_fields(q.api);
-            inv.arg(f.quota_day).arg(f.quota_used);
+            cmd.arg(f.quota_day).arg(f.quota_used);
         }
         for q in req.quotas {
-            inv.arg(q.limit);
+            cmd.arg(q.limit);
         }
         for l in req.limits {
             let span_ms = l.window_ms + req.guard_ms;
             let hold = req.loss.hold && l.window_ms <= req.loss.hold_max_window_ms;
-            inv.arg(l.limit)
+            cmd.arg(l.limit)
                 .arg(span_ms * 1000)
                 .arg(span_ms + 1000)
                 .arg(u8::from(hold));
         }
-        let v: Vec<Value> = self.script("acquire", &inv).await?;
+        let v: Vec<Value> = self
+            .script_cmd("acquire", &self.scripts.acquire, &cmd)
+            .await?;
         let n = |i: usize| {
             v.get(i)
                 .and_then(as_u64)
