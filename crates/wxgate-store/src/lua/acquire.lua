@@ -94,15 +94,15 @@ local wait_us, wait_index, held = 0, 0, 0
 for i = 1, nl do
   local key = KEYS[1 + i]
   local limit = tonumber(ARGV[wl + 4 * i - 3])
-  local span_us = tonumber(ARGV[wl + 4 * i - 2])
   if lost_at > 0 and ARGV[wl + 4 * i] == '1' then
-    local w = lost_at * 1000 + span_us - now_us
+    local w = lost_at * 1000 + tonumber(ARGV[wl + 4 * i - 2]) - now_us
     if w > wait_us then
       wait_us, wait_index, held = w, i, 1
     end
   end
   local n = redis.call('LLEN', key)
   if n >= limit then
+    local span_us = tonumber(ARGV[wl + 4 * i - 2])
     local w = span_us
     if limit > 0 then
       w = (tonumber(redis.call('LINDEX', key, n - limit)) or now_us) + span_us - now_us
@@ -127,14 +127,20 @@ for i = 1, nl do
   redis.call('PEXPIRE', key, ARGV[wl + 4 * i - 1])
 end
 seq = seq + 1
-local hs = {'seq', seq}
-for i = 1, nq do
-  hs[#hs + 1] = ARGV[qf + 2 * i]
-  hs[#hs + 1] = used[i] + 1
-  if used[i] == 0 then
-    hs[#hs + 1] = ARGV[qf + 2 * i - 1]
-    hs[#hs + 1] = day_n
+if nq == 0 then
+  redis.call('HSET', epoch, 'seq', seq)
+elseif nq == 1 and used[1] > 0 then
+  redis.call('HSET', epoch, 'seq', seq, ARGV[qf + 2], used[1] + 1)
+else
+  local hs = {'seq', seq}
+  for i = 1, nq do
+    hs[#hs + 1] = ARGV[qf + 2 * i]
+    hs[#hs + 1] = used[i] + 1
+    if used[i] == 0 then
+      hs[#hs + 1] = ARGV[qf + 2 * i - 1]
+      hs[#hs + 1] = day_n
+    end
   end
+  redis.call('HSET', epoch, unpack(hs))
 end
-redis.call('HSET', epoch, unpack(hs))
 return {1, loss, now_ms, seq}
