@@ -2,7 +2,8 @@
 //!
 //! Limits, daily quotas and pauses are kept per app and per [`Api`]; its [`Api::as_str`] name
 //! is what appears in configuration (`[apps.X.limits] template_send = ...`), in Redis key names
-//! (`rl:template_send:60000`, `quota:template_send`, `block:template_send`) and in metrics
+//! (`win:template_send:60000`, the epoch fields `quota:template_send:used`,
+//! `pause:template_send:until_ms`) and in metrics
 //! labels, so it never changes.
 
 use std::fmt;

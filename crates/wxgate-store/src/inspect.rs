@@ -17,7 +17,7 @@ pub struct InspectQuery<'a> {
     /// The per-API windows: (api, limit, window_ms).
     pub windows: &'a [(Api, u64, u64)],
     pub quotas: &'a [DailyQuota],
-    /// The APIs whose pause keys to read.
+    /// The APIs whose pauses to read.
     pub blocks: &'a [Api],
     /// The first per-recipient window's length, to count recipients with a live window.
     pub recipient_window_ms: Option<u64>,

@@ -19,8 +19,9 @@
 --
 -- Cost is the point of this script's shape (it runs once per send): one HMGET reads the
 -- sequence, every pause and every quota; one HSET writes the sequence and the quotas back; a
--- window is a list (LLEN, and RPUSH + PEXPIRE on a grant). Numbers the client can compute
--- (spans, TTLs, field names) come precomputed, so the script converts few of them.
+-- window is a list (RPUSH, whose answer is the new count, and PEXPIRE on a grant). Numbers the
+-- client can compute (spans, TTLs, field names) come precomputed, so the script converts few
+-- of them.
 --
 -- Time is Redis TIME (one clock for the cluster). A window keeps each grant for span_us
 -- (window + guard), so no interval of that length ever holds more than `limit` grants.
@@ -29,8 +30,9 @@
 -- entries and a limit L, one more grant fits when fewer than L entries are younger than the
 -- span: exactly when n < L, or when the entry at index n - L (the L-th newest grant) has left
 -- the span. Entries before it left before it (grant order is time order), so LTRIM drops them
--- then; a list never holds more than L entries plus those that expire with the key. A window
--- far from full (n < L) needs nothing but LLEN.
+-- then; a list never holds more than L entries plus those that expire with the key. The
+-- script pushes first and checks after (RPUSH answers the new length), so a window far from
+-- full costs one command; a refusal takes the pushes back.
 --
 -- Daily quotas count per Beijing day (UTC+8): the `dn` field holds the day number (days since
 -- 1970-01-01 in UTC+8) the `used` field counts for; another day's count reads as 0.
@@ -88,26 +90,55 @@ if blocked_until > 0 then
 end
 
 -- 2. Windows. A window held after a state loss counts as full until every lost grant has
--- left it.
+-- left it: then nothing is pushed, and every window is only read.
 local wl = ql + nq -- ARGV index before the window quads
 local wait_us, wait_index, held = 0, 0, 0
+if lost_at > 0 then
+  for i = 1, nl do
+    if ARGV[wl + 4 * i] == '1' then
+      local w = lost_at * 1000 + tonumber(ARGV[wl + 4 * i - 2]) - now_us
+      if w > wait_us then
+        wait_us, wait_index, held = w, i, 1
+      end
+    end
+  end
+  if wait_us > 0 then
+    for i = 1, nl do
+      local key = KEYS[1 + i]
+      local limit = tonumber(ARGV[wl + 4 * i - 3])
+      local n = redis.call('LLEN', key)
+      if n >= limit then
+        local span_us = tonumber(ARGV[wl + 4 * i - 2])
+        local w = span_us
+        if limit > 0 then
+          w = (tonumber(redis.call('LINDEX', key, n - limit)) or now_us) + span_us - now_us
+        end
+        if w > wait_us then
+          wait_us, wait_index, held = w, i, 0
+        end
+      end
+    end
+    return {2, loss, math.ceil(wait_us / 1000), wait_index, held}
+  end
+end
+
+-- 3. Take the permit from every window (push this grant's time), then check each: a window
+-- that now holds more than its limit inside the span was full, and every push is taken back
+-- (RPOP: the script is atomic, so each push is still its list's last entry). The grant time
+-- is TIME's own digits.
+local stamp = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
 for i = 1, nl do
   local key = KEYS[1 + i]
   local limit = tonumber(ARGV[wl + 4 * i - 3])
-  if lost_at > 0 and ARGV[wl + 4 * i] == '1' then
-    local w = lost_at * 1000 + tonumber(ARGV[wl + 4 * i - 2]) - now_us
-    if w > wait_us then
-      wait_us, wait_index, held = w, i, 1
-    end
-  end
-  local n = redis.call('LLEN', key)
-  if n >= limit then
+  local n = redis.call('RPUSH', key, stamp)
+  if n > limit then
     local span_us = tonumber(ARGV[wl + 4 * i - 2])
     local w = span_us
     if limit > 0 then
-      w = (tonumber(redis.call('LINDEX', key, n - limit)) or now_us) + span_us - now_us
+      -- The limit-th newest grant before this one must have left the span.
+      w = (tonumber(redis.call('LINDEX', key, n - 1 - limit)) or now_us) + span_us - now_us
       if w <= 0 then
-        redis.call('LTRIM', key, n - limit + 1, -1)
+        redis.call('LTRIM', key, n - limit, -1)
       end
     end
     if w > wait_us then
@@ -116,15 +147,13 @@ for i = 1, nl do
   end
 end
 if wait_us > 0 then
+  for i = 1, nl do
+    redis.call('RPOP', KEYS[1 + i])
+  end
   return {2, loss, math.ceil(wait_us / 1000), wait_index, held}
 end
-
--- 3. Every limit allows: take one permit from each. The grant time is TIME's own digits.
-local stamp = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
 for i = 1, nl do
-  local key = KEYS[1 + i]
-  redis.call('RPUSH', key, stamp)
-  redis.call('PEXPIRE', key, ARGV[wl + 4 * i - 1])
+  redis.call('PEXPIRE', KEYS[1 + i], ARGV[wl + 4 * i - 1])
 end
 seq = seq + 1
 if nq == 0 then

@@ -851,6 +851,45 @@ async fn keys_are_readable_namespaced_and_expire() {
     assert_eq!(server.cli(&["HGET", &expect("token"), "node"]), "n1");
 }
 
+/// A window list never holds more entries than its limit: a refused grant takes its push
+/// back, and a grant into a full list whose oldest entries left the window drops them.
+#[tokio::test]
+async fn window_lists_never_hold_more_than_their_limit() {
+    require_redis();
+    let server = RedisServer::start();
+    let p = prefix();
+    let s = redis_store(Topology::Standalone { url: server.url() }, &p);
+    let app = "wx0123456789abcdef";
+    let key = format!("{p}:{{{app}}}:win:template_send:300");
+    let len = || -> u64 { server.cli(&["LLEN", &key]).parse().unwrap() };
+    let w = [limit("template_send", 3, 300)];
+    for _ in 0..3 {
+        assert!(matches!(
+            acquire(&*s, app, &w, &[], &[]).await,
+            Acquire::Granted { .. }
+        ));
+    }
+    assert!(matches!(
+        acquire(&*s, app, &w, &[], &[]).await,
+        Acquire::Wait { .. }
+    ));
+    assert_eq!(len(), 3, "the refused push was taken back");
+    // Once the window (300 ms; no guard here) has passed, a grant drops what left it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match acquire(&*s, app, &w, &[], &[]).await {
+            Acquire::Granted { .. } => break,
+            Acquire::Wait { wait_ms, .. } => {
+                assert!(std::time::Instant::now() < deadline, "never freed");
+                tokio::time::sleep(std::time::Duration::from_millis(wait_ms.min(50))).await;
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(len() <= 3);
+    }
+    assert!(len() <= 3, "{} entries", len());
+}
+
 /// A quota counts per Beijing day: the count of an earlier day (its `dn` field) does not
 /// count today, and the first grant of the day restarts it at 1.
 #[tokio::test]
