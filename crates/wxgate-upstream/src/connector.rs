@@ -91,6 +91,46 @@ impl Service<Uri> for Connector {
     }
 }
 
+/// Bounds a connector (TCP, the proxy tunnel and the TLS handshake together) by the connect
+/// timeout: whatever stalls before the request could be written counts as a connect failure —
+/// nothing was sent, so a retry is safe — instead of running into the request timeout, whose
+/// expiry means "outcome unknown".
+#[derive(Clone)]
+pub(crate) struct Bounded<C> {
+    pub(crate) inner: C,
+    pub(crate) timeout: Duration,
+}
+
+impl<C> Service<Uri> for Bounded<C>
+where
+    C: Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let fut = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(format!(
+                    "connecting (TCP, proxy, TLS) took over {} ms",
+                    timeout.as_millis()
+                )
+                .into()),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,7 +87,8 @@ pub enum Answered<T> {
 /// The client. Cheap to clone (hyper's client is an `Arc` inside).
 #[derive(Clone)]
 pub struct WechatClient {
-    http: Client<hyper_rustls::HttpsConnector<connector::Connector>, Full<Bytes>>,
+    http:
+        Client<connector::Bounded<hyper_rustls::HttpsConnector<connector::Connector>>, Full<Bytes>>,
     base_url: String,
     /// `base_url` parsed once: each call only sets the path (no host parsing per send).
     base: url::Url,
@@ -150,7 +151,10 @@ impl WechatClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(https);
+            .build(connector::Bounded {
+                inner: https,
+                timeout: config.connect_timeout,
+            });
         Ok(Self {
             http,
             base_url,
@@ -570,5 +574,39 @@ mod tests {
             Err(UpstreamError::NotSent(detail)) => assert!(!detail.contains("TOKEN"), "{detail}"),
             other => panic!("expected NotSent, got {other:?}"),
         }
+    }
+
+    /// A TLS handshake that never completes is bounded by the connect timeout and counts as
+    /// not sent (safe to retry), not as an unknown outcome after the request timeout.
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_a_connect_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s); // accepted, never answered
+            }
+        });
+        let c = WechatClient::new(&UpstreamConfig {
+            base_url: format!("https://127.0.0.1:{port}"),
+            connect_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(10),
+            ..UpstreamConfig::default()
+        })
+        .unwrap();
+        let msg: TemplateMessage = serde_json::from_value(serde_json::json!({
+            "touser": "o1", "template_id": "t1", "data": {}
+        }))
+        .unwrap();
+        let started = std::time::Instant::now();
+        let r = c.send_template("TOKEN", &msg).await;
+        assert!(matches!(r, Err(UpstreamError::NotSent(_))), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        held.abort();
     }
 }
