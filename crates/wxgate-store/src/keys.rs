@@ -70,28 +70,30 @@ impl Keys {
         self.app(appid, "epoch")
     }
 
-    /// List: the grant times (µs, Redis clock) of one sliding window, oldest first.
+    /// List: the grant times (µs, Redis clock) of one sliding window, oldest first:
+    /// `win:<name>:<window_ms>`.
     pub fn window(&self, appid: &str, name: &str, window_ms: u64) -> String {
-        let mut k = self.app(appid, "win:");
-        k.push_str(name);
-        k.push(':');
-        k.push_str(itoa::Buffer::new().format(window_ms));
-        k
+        self.window_of(appid, &[name], window_ms)
     }
 
     /// The window list of one of a send's limits: `win:<api>:<window_ms>` or
-    /// `win:user:<openid>:<window_ms>`.
+    /// `win:user:<openid>:<window_ms>` (built without an intermediate name string).
     pub fn limit_window(&self, appid: &str, l: &crate::Limit) -> String {
-        let mut k = self.app(appid, "win:");
         match &l.scope {
-            crate::LimitScope::Api(api) => k.push_str(api.as_str()),
+            crate::LimitScope::Api(api) => self.window_of(appid, &[api.as_str()], l.window_ms),
             crate::LimitScope::Recipient(openid) => {
-                k.push_str("user:");
-                k.push_str(openid);
+                self.window_of(appid, &["user:", openid], l.window_ms)
             }
         }
+    }
+
+    fn window_of(&self, appid: &str, name: &[&str], window_ms: u64) -> String {
+        let mut k = self.app(appid, "win:");
+        for part in name {
+            k.push_str(part);
+        }
         k.push(':');
-        k.push_str(itoa::Buffer::new().format(l.window_ms));
+        k.push_str(itoa::Buffer::new().format(window_ms));
         k
     }
 
@@ -162,37 +164,19 @@ pub struct ApiFields {
 
 /// The epoch-hash fields of `api` (static: no allocation per send).
 pub fn api_fields(api: Api) -> &'static ApiFields {
-    const fn f(
-        pause_until: &'static str,
-        pause_errcode: &'static str,
-        quota_day: &'static str,
-        quota_used: &'static str,
-    ) -> ApiFields {
-        ApiFields {
-            pause_until,
-            pause_errcode,
-            quota_day,
-            quota_used,
-        }
+    macro_rules! fields {
+        ($api:literal) => {
+            ApiFields {
+                pause_until: concat!("pause:", $api, ":until_ms"),
+                pause_errcode: concat!("pause:", $api, ":errcode"),
+                quota_day: concat!("quota:", $api, ":dn"),
+                quota_used: concat!("quota:", $api, ":used"),
+            }
+        };
     }
-    static TEMPLATE: ApiFields = f(
-        "pause:template_send:until_ms",
-        "pause:template_send:errcode",
-        "quota:template_send:dn",
-        "quota:template_send:used",
-    );
-    static SUBSCRIBE: ApiFields = f(
-        "pause:subscribe_send:until_ms",
-        "pause:subscribe_send:errcode",
-        "quota:subscribe_send:dn",
-        "quota:subscribe_send:used",
-    );
-    static TOKEN: ApiFields = f(
-        "pause:token_fetch:until_ms",
-        "pause:token_fetch:errcode",
-        "quota:token_fetch:dn",
-        "quota:token_fetch:used",
-    );
+    static TEMPLATE: ApiFields = fields!("template_send");
+    static SUBSCRIBE: ApiFields = fields!("subscribe_send");
+    static TOKEN: ApiFields = fields!("token_fetch");
     match api {
         Api::TemplateSend => &TEMPLATE,
         Api::SubscribeSend => &SUBSCRIBE,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, RedisError, ScriptInvocation, Value};
+use redis::{FromRedisValue, RedisError, Script, Value};
 
 use crate::StoreError;
 
@@ -487,39 +487,25 @@ impl RedisConn {
         }
     }
 
-    /// Runs a script invocation (EVALSHA, NOSCRIPT → load and retry); see [`Self::exec`].
-    /// Within a `redis_script` span named after the script (`src/lua/<script>.lua`): the
-    /// request's trace shows each script call, and OTLP export (when enabled) sends it.
+    /// Runs one script call (see [`ScriptCall`]); see [`Self::exec`]. `NOSCRIPT` (a `SCRIPT
+    /// FLUSH`, a restart, a failover to a node that never saw the script) loads the script and
+    /// runs the call again. Within a `redis_script` span named after the script
+    /// (`src/lua/<script>.lua`): the request's trace shows each script call, and OTLP export
+    /// (when enabled) sends it.
     pub(crate) async fn run<T: FromRedisValue>(
         &self,
         script: &'static str,
-        inv: &ScriptInvocation<'_>,
+        call: &ScriptCall<'_>,
     ) -> Result<T, StoreError> {
         use tracing::Instrument;
-        self.exec(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
-            .instrument(tracing::info_span!("redis_script", script))
-            .await
-    }
-
-    /// Runs a script whose `EVALSHA` command the caller built directly (`cmd`: `EVALSHA <sha>
-    /// <numkeys> keys... args...`, see [`evalsha`]): one contiguous argument buffer instead of
-    /// a `ScriptInvocation`'s one allocation per argument and its copy into a command — the
-    /// hot path's script (`acquire`) has ~20 arguments. Loads the script on `NOSCRIPT` and runs
-    /// it again, as `ScriptInvocation` does.
-    pub(crate) async fn run_evalsha<T: FromRedisValue>(
-        &self,
-        script: &'static str,
-        source: &redis::Script,
-        cmd: &redis::Cmd,
-    ) -> Result<T, StoreError> {
-        use tracing::Instrument;
+        debug_assert_eq!(call.keys_left, 0, "{script}: fewer keys than declared");
         self.exec(|mut c| async move {
-            match cmd.query_async::<T>(&mut c).await {
+            match call.cmd.query_async::<T>(&mut c).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    source.prepare_invoke().load_async(&mut c).await?;
-                    cmd.query_async::<T>(&mut c).await
+                    call.script.prepare_invoke().load_async(&mut c).await?;
+                    call.cmd.query_async::<T>(&mut c).await
                 }
                 r => r,
             }
@@ -587,12 +573,39 @@ impl RedisConn {
     }
 }
 
-/// The start of an `EVALSHA` of `script` with `numkeys` keys; append the keys, then the
-/// arguments, and run it with [`RedisConn::run_evalsha`].
-pub(crate) fn evalsha(script: &redis::Script, numkeys: usize) -> redis::Cmd {
-    let mut cmd = redis::Cmd::with_capacity(3 + numkeys + 24, 512);
-    cmd.arg("EVALSHA").arg(script.get_hash()).arg(numkeys);
-    cmd
+/// One call of a script: `EVALSHA <sha> <numkeys> keys... args...`, written into one argument
+/// buffer as it is built (a `ScriptInvocation` keeps one allocation per argument and copies
+/// them into a command on every call; the send path's `acquire` has ~20). Every key comes
+/// before the first argument; the number of keys is declared up front.
+pub(crate) struct ScriptCall<'a> {
+    script: &'a Script,
+    cmd: redis::Cmd,
+    keys_left: usize,
+}
+
+impl<'a> ScriptCall<'a> {
+    pub(crate) fn new(script: &'a Script, numkeys: usize) -> Self {
+        let mut cmd = redis::Cmd::with_capacity(3 + numkeys + 16, 256);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(numkeys);
+        Self {
+            script,
+            cmd,
+            keys_left: numkeys,
+        }
+    }
+
+    pub(crate) fn key<K: redis::ToRedisArgs>(&mut self, key: K) -> &mut Self {
+        debug_assert!(self.keys_left > 0, "more keys than declared");
+        self.keys_left = self.keys_left.saturating_sub(1);
+        self.cmd.arg(key);
+        self
+    }
+
+    pub(crate) fn arg<A: redis::ToRedisArgs>(&mut self, arg: A) -> &mut Self {
+        debug_assert_eq!(self.keys_left, 0, "an argument before every declared key");
+        self.cmd.arg(arg);
+        self
+    }
 }
 
 pub(crate) fn as_string(v: &Value) -> Option<String> {

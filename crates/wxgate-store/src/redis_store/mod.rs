@@ -104,24 +104,14 @@ impl RedisStore {
         })
     }
 
-    /// Runs one script: named for its trace span and timed for the observer under one name.
+    /// Runs one script call: named for its trace span and timed for the observer under one
+    /// name.
     async fn script<T: redis::FromRedisValue>(
         &self,
         name: &'static str,
-        inv: &redis::ScriptInvocation<'_>,
+        call: &connection::ScriptCall<'_>,
     ) -> Result<T, StoreError> {
-        self.timed(name, self.conn.run(name, inv)).await
-    }
-
-    /// Runs a script by a command built with [`connection::evalsha`] (the hot path).
-    async fn script_cmd<T: redis::FromRedisValue>(
-        &self,
-        name: &'static str,
-        source: &Script,
-        cmd: &redis::Cmd,
-    ) -> Result<T, StoreError> {
-        self.timed(name, self.conn.run_evalsha(name, source, cmd))
-            .await
+        self.timed(name, self.conn.run(name, call)).await
     }
 
     /// Runs one store operation, reporting its latency and failure to the observer.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::Value;
 
-use super::connection::as_string;
+use super::connection::{as_string, ScriptCall};
 use super::{as_u64, protocol, RedisStore};
 use crate::keys::api_fields;
 use crate::{
@@ -82,7 +82,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn write_token(&self, appid: &str, token: &NewToken) -> Result<TokenWrite, StoreError> {
-        let mut inv = self.scripts.token_write.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.token_write, 2);
         inv.key(self.keys.token(appid))
             .key(self.keys.fence(appid))
             .arg(&token.access_token)
@@ -109,14 +109,14 @@ impl TokenStore for RedisStore {
     }
 
     async fn invalidate_token(&self, appid: &str, bad_token: &str) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.token_invalidate.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.token_invalidate, 1);
         inv.key(self.keys.token(appid)).arg(bad_token);
         let n: i64 = self.script("token_invalidate", &inv).await?;
         Ok(n == 1)
     }
 
     async fn read_external_token(&self, key: &str) -> Result<Option<ExternalToken>, StoreError> {
-        let mut inv = self.scripts.external_token_read.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.external_token_read, 1);
         inv.key(key);
         let v: Vec<Value> = self.script("external_token_read", &inv).await?;
         let kind = v.first().and_then(as_string).unwrap_or_default();
@@ -143,10 +143,10 @@ impl TokenStore for RedisStore {
 #[async_trait]
 impl Limiter for RedisStore {
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError> {
-        let mut cmd = super::connection::evalsha(&self.scripts.acquire, 1 + req.limits.len());
-        cmd.arg(self.keys.epoch(req.appid));
+        let mut cmd = ScriptCall::new(&self.scripts.acquire, 1 + req.limits.len());
+        cmd.key(self.keys.epoch(req.appid));
         for l in req.limits {
-            cmd.arg(self.keys.limit_window(req.appid, l));
+            cmd.key(self.keys.limit_window(req.appid, l));
         }
         cmd.arg(req.known_seq)
             .arg(req.blocks.len())
@@ -171,9 +171,7 @@ impl Limiter for RedisStore {
                 .arg(span_ms + 1000)
                 .arg(u8::from(hold));
         }
-        let v: Vec<Value> = self
-            .script_cmd("acquire", &self.scripts.acquire, &cmd)
-            .await?;
+        let v: Vec<Value> = self.script("acquire", &cmd).await?;
         let n = |i: usize| {
             v.get(i)
                 .and_then(as_u64)
@@ -239,7 +237,7 @@ impl Limiter for RedisStore {
         errcode: i64,
     ) -> Result<(), StoreError> {
         let f = api_fields(api);
-        let mut inv = self.scripts.block.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.block, 1);
         inv.key(self.keys.epoch(appid))
             .arg(f.pause_until)
             .arg(f.pause_errcode)
@@ -259,7 +257,7 @@ impl Leases for RedisStore {
         ttl_ms: u64,
         known_fence: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let mut inv = self.scripts.lease_acquire.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.lease_acquire, 2);
         inv.key(self.keys.leader(appid))
             .key(self.keys.fence(appid))
             .arg(node)
@@ -270,14 +268,14 @@ impl Leases for RedisStore {
     }
 
     async fn renew_lease(&self, appid: &str, node: &str, ttl_ms: u64) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.lease_renew.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.lease_renew, 1);
         inv.key(self.keys.leader(appid)).arg(node).arg(ttl_ms);
         let n: i64 = self.script("lease_renew", &inv).await?;
         Ok(n == 1)
     }
 
     async fn release_lease(&self, appid: &str, node: &str) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.lease_release.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.lease_release, 1);
         inv.key(self.keys.leader(appid)).arg(node);
         let n: i64 = self.script("lease_release", &inv).await?;
         Ok(n == 1)
@@ -300,7 +298,7 @@ impl Idempotency for RedisStore {
         appid: &str,
         req: &ClaimRequest<'_>,
     ) -> Result<IdemClaim, StoreError> {
-        let mut inv = self.scripts.idem_claim.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.idem_claim, 1);
         inv.key(self.keys.idempotency(appid, req.key))
             .arg(req.request_id)
             .arg(req.lease_ms)
@@ -340,7 +338,7 @@ impl Idempotency for RedisStore {
         key: &str,
         request_id: &str,
     ) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.idem_attempt.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.idem_attempt, 1);
         inv.key(self.keys.idempotency(appid, key)).arg(request_id);
         let n: i64 = self.script("idem_attempt", &inv).await?;
         Ok(n == 1)
@@ -353,7 +351,7 @@ impl Idempotency for RedisStore {
         request_id: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.idem_renew.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.idem_renew, 1);
         inv.key(self.keys.idempotency(appid, key))
             .arg(request_id)
             .arg(lease_ms);
@@ -369,7 +367,7 @@ impl Idempotency for RedisStore {
         result: &str,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.idem_complete.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.idem_complete, 1);
         inv.key(self.keys.idempotency(appid, key))
             .arg(request_id)
             .arg(result)
@@ -385,7 +383,7 @@ impl Idempotency for RedisStore {
         request_id: &str,
         keep_attempt: bool,
     ) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.idem_release.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.idem_release, 1);
         inv.key(self.keys.idempotency(appid, key))
             .arg(request_id)
             .arg(u8::from(keep_attempt));
@@ -436,7 +434,7 @@ impl crate::inspect::Inspect for RedisStore {
     ) -> Result<crate::inspect::AppStateRead, StoreError> {
         use crate::inspect::{AppStateRead, BoundedCount, PauseInfo, TokenInfo, WindowUse};
         let app = q.appid;
-        let mut inv = self.scripts.inspect.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.inspect, 4 + q.windows.len());
         inv.key(self.keys.token(app))
             .key(self.keys.leader(app))
             .key(self.keys.fence(app))
@@ -546,7 +544,7 @@ impl crate::inspect::Inspect for RedisStore {
 
     async fn lift_pause(&self, appid: &str, api: Api) -> Result<bool, StoreError> {
         let f = api_fields(api);
-        let mut inv = self.scripts.block_lift.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.block_lift, 1);
         inv.key(self.keys.epoch(appid))
             .arg(f.pause_until)
             .arg(f.pause_errcode);

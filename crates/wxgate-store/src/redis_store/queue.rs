@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Value;
 
-use super::connection::{as_string, RedisConn};
+use super::connection::{as_string, RedisConn, ScriptCall};
 use super::{as_u64, protocol, RedisStore};
 use crate::{
     DeadLetter, EnqueueRequest, Enqueued, Finish, Queue, QueueEntry, QueueStats, QueuedMessage,
@@ -66,7 +66,7 @@ impl RedisStore {
 #[async_trait]
 impl Queue for RedisStore {
     async fn enqueue(&self, appid: &str, req: &EnqueueRequest<'_>) -> Result<Enqueued, StoreError> {
-        let mut inv = self.scripts.q_enqueue.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.q_enqueue, 3);
         let idem = match req.idempotency {
             Some((caller, key)) => self.keys.queue_idempotency(appid, caller, key),
             None => self.keys.queue_idempotency(appid, "-", req.id),
@@ -190,7 +190,7 @@ impl Queue for RedisStore {
     }
 
     async fn touch(&self, appid: &str, consumer: &str, entry: &str) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.q_touch.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.q_touch, 1);
         inv.key(self.keys.queue(appid))
             .arg(GROUP)
             .arg(entry)
@@ -230,7 +230,7 @@ impl Queue for RedisStore {
         if fields.is_empty() {
             return Ok(());
         }
-        let mut inv = self.scripts.q_update.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.q_update, 1);
         inv.key(self.keys.queue_message(appid, id));
         for (k, v) in fields {
             inv.arg(*k).arg(v.as_str());
@@ -240,7 +240,7 @@ impl Queue for RedisStore {
     }
 
     async fn finish(&self, appid: &str, f: &Finish<'_>) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.q_finish.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.q_finish, 3);
         inv.key(self.keys.queue(appid))
             .key(self.keys.queue_message(appid, f.id))
             .key(self.keys.dead_letters(appid))
@@ -330,7 +330,7 @@ impl Queue for RedisStore {
         letter: &DeadLetter,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.q_redrive.prepare_invoke();
+        let mut inv = ScriptCall::new(&self.scripts.q_redrive, 3);
         inv.key(self.keys.dead_letters(appid))
             .key(self.keys.queue(appid))
             .key(self.keys.queue_message(appid, &letter.id))
