@@ -280,20 +280,16 @@ impl WechatClient {
     /// re-parse of the whole URL).
     fn url_with_token(&self, path: &str, access_token: &str) -> url::Url {
         let mut url = self.url(path);
-        let mut query = String::with_capacity(13 + access_token.len());
-        query.push_str("access_token=");
         // WeChat's tokens are [A-Za-z0-9_-]; anything else is percent-encoded, so a token
         // is always exactly one query value.
-        for b in access_token.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                query.push(b as char);
-            } else {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                query.push('%');
-                query.push(HEX[usize::from(b >> 4)] as char);
-                query.push(HEX[usize::from(b & 0x0f)] as char);
-            }
-        }
+        const VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        let mut query = String::with_capacity(13 + access_token.len());
+        query.push_str("access_token=");
+        query.extend(percent_encoding::utf8_percent_encode(access_token, VALUE));
         url.set_query(Some(&query));
         url
     }

@@ -89,9 +89,23 @@ if blocked_until > 0 then
   return {3, loss, blocked_until, kind, index, errcode}
 end
 
+-- How long until one more grant fits in window i holding n grants (<= 0: it fits now): the
+-- limit-th newest grant must have left the span.
+local wl = ql + nq -- ARGV index before the window quads
+local function wait_of(i, n)
+  local limit = tonumber(ARGV[wl + 4 * i - 3])
+  if n < limit then
+    return 0
+  end
+  local span_us = tonumber(ARGV[wl + 4 * i - 2])
+  if limit == 0 then
+    return span_us
+  end
+  return (tonumber(redis.call('LINDEX', KEYS[1 + i], n - limit)) or now_us) + span_us - now_us
+end
+
 -- 2. Windows. A window held after a state loss counts as full until every lost grant has
 -- left it: then nothing is pushed, and every window is only read.
-local wl = ql + nq -- ARGV index before the window quads
 local wait_us, wait_index, held = 0, 0, 0
 if lost_at > 0 then
   for i = 1, nl do
@@ -104,46 +118,31 @@ if lost_at > 0 then
   end
   if wait_us > 0 then
     for i = 1, nl do
-      local key = KEYS[1 + i]
-      local limit = tonumber(ARGV[wl + 4 * i - 3])
-      local n = redis.call('LLEN', key)
-      if n >= limit then
-        local span_us = tonumber(ARGV[wl + 4 * i - 2])
-        local w = span_us
-        if limit > 0 then
-          w = (tonumber(redis.call('LINDEX', key, n - limit)) or now_us) + span_us - now_us
-        end
-        if w > wait_us then
-          wait_us, wait_index, held = w, i, 0
-        end
+      local w = wait_of(i, redis.call('LLEN', KEYS[1 + i]))
+      if w > wait_us then
+        wait_us, wait_index, held = w, i, 0
       end
     end
     return {2, loss, math.ceil(wait_us / 1000), wait_index, held}
   end
 end
 
--- 3. Take the permit from every window (push this grant's time), then check each: a window
--- that now holds more than its limit inside the span was full, and every push is taken back
--- (RPOP: the script is atomic, so each push is still its list's last entry). The grant time
--- is TIME's own digits.
+-- 3. Take the permit from every window (push this grant's time), then check each against
+-- the grants it held before: a full one refuses, and every push is taken back (RPOP: the
+-- script is atomic, so each push is still its list's last entry). In a window that had room
+-- only because its oldest grants left the span, LTRIM drops them. The grant time is TIME's
+-- own digits.
 local stamp = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
 for i = 1, nl do
   local key = KEYS[1 + i]
-  local limit = tonumber(ARGV[wl + 4 * i - 3])
-  local n = redis.call('RPUSH', key, stamp)
-  if n > limit then
-    local span_us = tonumber(ARGV[wl + 4 * i - 2])
-    local w = span_us
-    if limit > 0 then
-      -- The limit-th newest grant before this one must have left the span.
-      w = (tonumber(redis.call('LINDEX', key, n - 1 - limit)) or now_us) + span_us - now_us
-      if w <= 0 then
-        redis.call('LTRIM', key, n - limit, -1)
-      end
-    end
+  local n = redis.call('RPUSH', key, stamp) - 1
+  local w = wait_of(i, n)
+  if w > 0 then
     if w > wait_us then
       wait_us, wait_index, held = w, i, 0
     end
+  elseif n >= tonumber(ARGV[wl + 4 * i - 3]) then
+    redis.call('LTRIM', key, n - tonumber(ARGV[wl + 4 * i - 3]) + 1, -1)
   end
 end
 if wait_us > 0 then

@@ -35,7 +35,8 @@ end
 out[#out + 1] = redis.call('GET', KEYS[2]) or ''
 out[#out + 1] = redis.call('PTTL', KEYS[2])
 out[#out + 1] = redis.call('GET', KEYS[3]) or ''
-local e = redis.call('HMGET', KEYS[4], 'seq', 'lost_at_ms')
+-- The epoch hash in one read: sequence, loss, then the quota and pause fields.
+local e = redis.call('HMGET', KEYS[4], 'seq', 'lost_at_ms', unpack(ARGV, 7, 6 + 2 * nq + 2 * nb))
 out[#out + 1] = e[1] or '0'
 out[#out + 1] = e[2] or '0'
 
@@ -73,18 +74,16 @@ end
 
 local day_n = math.floor((now_ms + 28800000) / 86400000)
 for i = 1, nq do
-  local q = redis.call('HMGET', KEYS[4], ARGV[6 + 2 * i - 1], ARGV[6 + 2 * i])
-  if tonumber(q[1]) == day_n then
-    out[#out + 1] = tonumber(q[2]) or 0
+  if tonumber(e[2 + 2 * i - 1]) == day_n then
+    out[#out + 1] = tonumber(e[2 + 2 * i]) or 0
   else
     out[#out + 1] = 0
   end
 end
 for i = 1, nb do
-  local p = redis.call('HMGET', KEYS[4], ARGV[6 + 2 * nq + 2 * i - 1], ARGV[6 + 2 * nq + 2 * i])
-  local u = tonumber(p[1]) or 0
+  local u = tonumber(e[2 + 2 * nq + 2 * i - 1]) or 0
   if u > now_ms then
-    out[#out + 1] = tonumber(p[2]) or 0
+    out[#out + 1] = tonumber(e[2 + 2 * nq + 2 * i]) or 0
     out[#out + 1] = u
   else
     out[#out + 1] = 0
