@@ -1,13 +1,17 @@
 -- wrk script: POSTs valid template sends through the gateway (see bench/gateway.sh).
--- Each request uses another recipient (openid) so nothing is de-duplicated or per-user limited.
+-- Each request uses another recipient (openid) so nothing is de-duplicated or per-user limited;
+-- the openids carry a tag of their own per run, so a run never meets the per-recipient windows
+-- an earlier run left in the same Redis.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-key-0123456789abcdef"
 
 local n = 0
+math.randomseed(os.time())
+local tag = string.format("%x%04x", os.time(), math.random(0, 65535))
 request = function()
   n = n + 1
-  local body = '{"touser":"o-bench-' .. n .. '","template_id":"demo-order-shipped",'
+  local body = '{"touser":"o-bench-' .. tag .. '-' .. n .. '","template_id":"demo-order-shipped",'
     .. '"data":{"character_string1":{"value":"SN20261127"},"thing2":{"value":"Blue mug"},'
     .. '"time3":{"value":"2026-11-27 10:30"}}}'
   return wrk.format(nil, nil, nil, body)

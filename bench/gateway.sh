@@ -19,7 +19,9 @@
 # parsing or recording, so its own cost does not hide the gateway's) or UPSTREAM=fake (the full
 # fake WeChat; its record is checked for non-zero errcodes at the end).
 #
-# Usage: [UPSTREAM=zero|fake] bash bench/gateway.sh [DURATION_SECS=5] [CONNECTIONS=32] [ROUNDS=1]
+# VARIANTS="redis redis-limits" runs only those gateway variants (the hops always run).
+#
+# Usage: [UPSTREAM=zero|fake] [VARIANTS=...] bash bench/gateway.sh [DURATION_SECS=5] [CONNECTIONS=32] [ROUNDS=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-5}; conns=${2:-32}; rounds=${3:-1}; upstream=${UPSTREAM:-zero}
@@ -150,8 +152,9 @@ echo "upstream: $upstream; wrk -t1 -c$conns -d${dur}s per variant; $rounds round
 for round in $(seq "$rounds"); do
   echo "== round $round"
   hop hop-first
-  for v in memory memory-info redis redis-limits; do gateway "$v"; done
-  hop hop-reqwest
+  for v in ${VARIANTS:-memory memory-info redis redis-limits hop-reqwest}; do
+    case $v in hop-reqwest) hop "$v" ;; *) gateway "$v" ;; esac
+  done
   hop hop-last
 done
 
@@ -163,7 +166,8 @@ rows = [l.split() for l in open(sys.argv[1])]
 by = collections.defaultdict(dict)
 for r, v, rps, p50, p99, cmds, cpu, rcpu in rows:
     by[r][v] = (float(rps), float(p50), float(p99), cmds, cpu, rcpu)
-variants = ["memory", "memory-info", "redis", "redis-limits", "hop-reqwest"]
+variants = [v for v in ["memory", "memory-info", "redis", "redis-limits", "hop-reqwest"]
+            if all(v in d for d in by.values())]
 print(f"{'round':<6}{'hop req/s':>10}" + "".join(f"{v:>16}" for v in variants) + "   (p99 ÷ hop p99)")
 for r, d in by.items():
     hop = (d["hop-first"][0] + d["hop-last"][0]) / 2

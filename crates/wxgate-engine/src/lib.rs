@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use wxgate_config::sending::TemplateKind;
 use wxgate_config::{App, Settings, TokenMode};
+use wxgate_protocol::api::Api;
 use wxgate_store::clock::{Clock, SystemClock};
 use wxgate_store::memory::MemoryStore;
 use wxgate_store::SharedState;
@@ -98,6 +99,8 @@ pub struct Engine {
     seen: HashMap<String, AtomicU64>,
     /// Whether the limiter admits from a local share while the store is unreachable.
     local_share: bool,
+    /// Per app name, the metric series of its sends ([`Api::SENDS`] order).
+    series: HashMap<String, [metrics::SendSeries; 2]>,
 }
 
 /// The WeChat client as `[upstream]` configures it.
@@ -148,6 +151,20 @@ impl Engine {
             .values()
             .map(|a| (a.appid.clone(), AtomicU64::new(0)))
             .collect();
+        let series = settings
+            .apps
+            .values()
+            .map(|a| {
+                let [t, s] = Api::SENDS;
+                (
+                    a.name.clone(),
+                    [
+                        metrics::SendSeries::new(&a.name, t),
+                        metrics::SendSeries::new(&a.name, s),
+                    ],
+                )
+            })
+            .collect();
         Ok(Self {
             settings,
             store,
@@ -159,6 +176,7 @@ impl Engine {
             node_id,
             seen,
             local_share,
+            series,
         })
     }
 
@@ -168,6 +186,13 @@ impl Engine {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The metric series of `app`'s sends of `api` (`None` for the token API or an app the
+    /// engine was not built with).
+    pub(crate) fn series(&self, app: &App, api: Api) -> Option<&metrics::SendSeries> {
+        let s = self.series.get(&app.name)?;
+        Api::SENDS.iter().position(|a| *a == api).map(|i| &s[i])
     }
 
     pub fn node_id(&self) -> &str {
@@ -266,12 +291,12 @@ impl Engine {
         delivery
     }
 
-    fn record(&self, app: &App, api: wxgate_protocol::api::Api, started: Instant, d: &Delivery) {
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let outcome = match &d.result {
-            Ok(_) => "sent",
-            Err(e) => e.code().as_str(),
-        };
+    fn sends_counter(
+        &self,
+        app: &App,
+        api: Api,
+        outcome: &str,
+    ) -> prometheus_client::metrics::counter::Counter {
         self.metrics
             .sends
             .get_or_create(&SendLabels {
@@ -279,11 +304,33 @@ impl Engine {
                 api: api.as_str().into(),
                 outcome: outcome.into(),
             })
-            .inc();
-        self.metrics
-            .send_seconds
-            .get_or_create(&Metrics::api(&app.name, api.as_str()))
-            .observe(started.elapsed().as_secs_f64());
+            .clone()
+    }
+
+    fn record(&self, app: &App, api: wxgate_protocol::api::Api, started: Instant, d: &Delivery) {
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let outcome = match &d.result {
+            Ok(_) => "sent",
+            Err(e) => e.code().as_str(),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match self.series(app, api) {
+            Some(s) => {
+                if d.result.is_ok() {
+                    s.sent(&self.metrics).inc();
+                } else {
+                    self.sends_counter(app, api, outcome).inc();
+                }
+                s.send_seconds(&self.metrics).observe(seconds);
+            }
+            None => {
+                self.sends_counter(app, api, outcome).inc();
+                self.metrics
+                    .send_seconds
+                    .get_or_create(&Metrics::api(&app.name, api.as_str()))
+                    .observe(seconds);
+            }
+        }
         match &d.result {
             Ok(sent) => tracing::info!(
                 app = %app.name,

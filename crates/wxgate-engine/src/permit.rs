@@ -84,14 +84,18 @@ impl Engine {
                 },
                 Err(_) => "unavailable",
             };
-            self.metrics
-                .permits
-                .get_or_create(&PermitLabels {
-                    app: app.name.clone(),
-                    api: api.as_str().into(),
-                    decision: label.into(),
-                })
-                .inc();
+            match self.series(app, api) {
+                Some(s) if label == "granted" => s.permits_granted(&self.metrics).inc(),
+                _ => self
+                    .metrics
+                    .permits
+                    .get_or_create(&PermitLabels {
+                        app: app.name.clone(),
+                        api: api.as_str().into(),
+                        decision: label.into(),
+                    })
+                    .inc(),
+            };
             let reply = reply.map_err(SendError::store)?;
             if reply.state_loss {
                 self.metrics
@@ -110,10 +114,15 @@ impl Engine {
             match reply.decision {
                 Acquire::Granted { seq, .. } => {
                     seen.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
-                    self.metrics
-                        .permit_wait_seconds
-                        .get_or_create(&crate::metrics::Metrics::api(&app.name, api.as_str()))
-                        .observe(asked.elapsed().as_secs_f64());
+                    let waited = asked.elapsed().as_secs_f64();
+                    match self.series(app, api) {
+                        Some(s) => s.permit_wait_seconds(&self.metrics).observe(waited),
+                        None => self
+                            .metrics
+                            .permit_wait_seconds
+                            .get_or_create(&crate::metrics::Metrics::api(&app.name, api.as_str()))
+                            .observe(waited),
+                    }
                     return Ok(());
                 }
                 Acquire::Wait {

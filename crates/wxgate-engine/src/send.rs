@@ -59,10 +59,7 @@ impl Engine {
         let mut token_retried = false;
         let mut backoff_retries = 0u32;
         let permit_deadline = wait_for_permit.map(|w| Instant::now() + w);
-        let labels = ApiLabels {
-            app: app.name.clone(),
-            api: api.as_str().into(),
-        };
+        let series = self.series(app, api);
         loop {
             self.permit(app, api, msg.touser(), permit_deadline).await?;
             let token = self.tokens.get(app).await?;
@@ -73,15 +70,30 @@ impl Engine {
                 }
             }
             attempts += 1;
-            self.metrics.upstream_attempts.get_or_create(&labels).inc();
+            match series {
+                Some(s) => s.upstream_attempts(&self.metrics).inc(),
+                None => self
+                    .metrics
+                    .upstream_attempts
+                    .get_or_create(&ApiLabels {
+                        app: app.name.clone(),
+                        api: api.as_str().into(),
+                    })
+                    .inc(),
+            };
             let started = Instant::now();
             let outcome = self.call(&token.value, msg).await;
-            self.metrics
-                .upstream_seconds
-                .get_or_create(&crate::metrics::UpstreamLabels {
-                    api: api.as_str().into(),
-                })
-                .observe(started.elapsed().as_secs_f64());
+            let seconds = started.elapsed().as_secs_f64();
+            match series {
+                Some(s) => s.upstream_seconds(&self.metrics).observe(seconds),
+                None => self
+                    .metrics
+                    .upstream_seconds
+                    .get_or_create(&crate::metrics::UpstreamLabels {
+                        api: api.as_str().into(),
+                    })
+                    .observe(seconds),
+            }
             // May another attempt follow, and is it safe?
             let may_retry = |safe: bool, retries: u32| {
                 safe && retries + 1 < s.max_attempts && Instant::now() < deadline
