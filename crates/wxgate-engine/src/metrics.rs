@@ -123,6 +123,8 @@ pub struct Metrics {
     pub queue_drained: Family<QueueLabels, Counter>,
     /// `store_seconds` by script name, resolved once per script (see [`SendSeries`]).
     store_series: RwLock<HashMap<&'static str, Histogram>>,
+    /// `http_requests` by (route, method, status), resolved once each.
+    http_series: RwLock<HashMap<(&'static str, &'static str, u16), Counter>>,
 }
 
 /// The series a successful send of one app and API touches, each resolved from its family on
@@ -393,7 +395,35 @@ impl Metrics {
             permits,
             token_fetches,
             store_series: RwLock::default(),
+            http_series: RwLock::default(),
         }
+    }
+
+    /// The `http_requests` counter of a route pattern, method and status: resolved from its
+    /// family once, then without building label strings.
+    pub fn http_request(&self, route: &'static str, method: &'static str, status: u16) -> Counter {
+        let key = (route, method, status);
+        if let Some(c) = self
+            .http_series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return c.clone();
+        }
+        let c = self
+            .http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status: status.to_string(),
+            })
+            .clone();
+        self.http_series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, c.clone());
+        c
     }
 
     pub fn api(app: &str, api: &str) -> ApiLabels {

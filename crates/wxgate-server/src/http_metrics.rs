@@ -4,8 +4,11 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error};
+
+use crate::route_table::RoutePattern;
 
 use crate::startup::AppState;
 
@@ -14,27 +17,28 @@ pub async fn middleware(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let method = req.method().as_str().to_string();
+    // Only the standard methods are labels; anything else is one bucket.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    };
     let resp = next.call(req).await?;
     if let Some(state) = state {
+        // The matched resource's pattern (its app data), `unmatched` when none matched.
         let route = resp
             .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_string());
-        // Only the standard methods are labels; anything else is one bucket.
-        let method = match method.as_str() {
-            "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" => method,
-            _ => "other".to_string(),
-        };
+            .app_data::<RoutePattern>()
+            .map_or("unmatched", |r| r.0);
         state
             .engine
             .metrics()
-            .http_requests
-            .get_or_create(&wxgate_engine::metrics::HttpLabels {
-                route,
-                method,
-                status: resp.status().as_u16().to_string(),
-            })
+            .http_request(route, method, resp.status().as_u16())
             .inc();
     }
     Ok(resp)

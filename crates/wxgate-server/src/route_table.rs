@@ -89,6 +89,11 @@ pub static ROUTES: &[RouteDef] = &[
     },
 ];
 
+/// The route pattern of the resource a request matched, as the resource's app data: the
+/// HTTP metrics read it instead of matching the path against the route map again.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePattern(pub &'static str);
+
 /// Registers [`ROUTES`]: one resource per path with each of its methods; any other method on
 /// a known path is a `405 method_not_allowed`, an unknown path a `404 not_found`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -99,7 +104,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         }
     }
     for path in paths {
-        let mut resource = web::resource(path);
+        let mut resource = web::resource(path).app_data(RoutePattern(path));
         for r in ROUTES.iter().filter(|r| r.path == path) {
             resource = resource.route((r.handler)().method(r.method.clone()));
         }

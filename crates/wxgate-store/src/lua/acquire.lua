@@ -45,8 +45,9 @@
 -- counts as full until lost_at + its span, when every lost grant has left it.
 local nb, nq, nl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
-local now_us = t[1] * 1000000 + t[2]
-local now_ms = math.floor(now_us / 1000)
+local sec, usec = tonumber(t[1]), tonumber(t[2])
+local now_us = sec * 1000000 + usec
+local now_ms = sec * 1000 + (usec - usec % 1000) / 1000
 local epoch = KEYS[1]
 
 -- 0. The epoch, the pauses and the quotas, in one read; detect a loss.
@@ -68,10 +69,14 @@ for i = 1, nb do
     blocked_until, kind, index, errcode = u, 1, i, tonumber(e[2 * i + 2]) or 0
   end
 end
-local day_n = math.floor((now_ms + 28800000) / 86400000)
 local qf = 4 + 2 * nb -- ARGV index before the quota fields
 local ql = qf + 2 * nq -- ARGV index before the quota limits
 local used = {}
+local day_n = 0
+if nq > 0 then
+  local b = now_ms + 28800000
+  day_n = (b - b % 86400000) / 86400000
+end
 for i = 1, nq do
   local u = 0
   if tonumber(e[2 + 2 * nb + 2 * i - 1]) == day_n then
@@ -132,17 +137,25 @@ end
 -- script is atomic, so each push is still its list's last entry). In a window that had room
 -- only because its oldest grants left the span, LTRIM drops them. The grant time is TIME's
 -- own digits.
-local stamp = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+local stamp = t[2]
+if #stamp < 6 then
+  stamp = string.rep('0', 6 - #stamp) .. stamp
+end
+stamp = t[1] .. stamp
 for i = 1, nl do
   local key = KEYS[1 + i]
   local n = redis.call('RPUSH', key, stamp) - 1
-  local w = wait_of(i, n)
-  if w > 0 then
-    if w > wait_us then
-      wait_us, wait_index, held = w, i, 0
+  -- A window far from full (fewer grants than its limit, however old) needs no more.
+  local limit = tonumber(ARGV[wl + 4 * i - 3])
+  if n >= limit then
+    local w = wait_of(i, n)
+    if w > 0 then
+      if w > wait_us then
+        wait_us, wait_index, held = w, i, 0
+      end
+    else
+      redis.call('LTRIM', key, n - limit + 1, -1)
     end
-  elseif n >= tonumber(ARGV[wl + 4 * i - 3]) then
-    redis.call('LTRIM', key, n - tonumber(ARGV[wl + 4 * i - 3]) + 1, -1)
   end
 end
 if wait_us > 0 then
