@@ -359,10 +359,26 @@ fields = {fields}
 #[test]
 fn test_command_falls_back_to_cargo_test_without_nextest() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Only the environment a user's shell would give it: the variables the test runner sets
+    // for this test (CARGO_*, NEXTEST_*, LD_LIBRARY_PATH, ...) make cargo rebuild and relink
+    // target/debug/wxgate, which the cross-process tests running beside this one spawn.
+    let keep = [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "TMPDIR",
+        "USER",
+        "LANG",
+    ];
     let out = Command::new("bash")
         .arg("scripts/test.sh")
         .arg("api::tests::names_round_trip")
         .current_dir(&root)
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| keep.contains(&k.as_str())))
         .env("WXGATE_TEST_RUNNER", "cargo")
         .stdin(Stdio::null())
         .output()
