@@ -191,6 +191,41 @@ async fn not_ready_without_a_token() {
     gw.stop().await;
 }
 
+/// `wxgate_http_requests_total` labels each answer with the pattern of the route it matched
+/// (never the raw path), `unmatched` when no route matched; a method a route does not serve is
+/// counted under that route.
+#[tokio::test]
+async fn http_requests_are_counted_by_route_pattern() {
+    let gw = spawn().await;
+    for _ in 0..2 {
+        let r = gw
+            .post("/v1/apps/oa/messages/template", &template_body())
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let get = |path: &str| gw.http.get(format!("{}{path}", gw.url)).send();
+    assert_eq!(get("/no/such/path").await.unwrap().status(), 404);
+    assert_eq!(
+        get("/v1/apps/oa/messages/template").await.unwrap().status(),
+        405
+    );
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    for line in [
+        r#"wxgate_http_requests_total{route="/v1/apps/{app}/messages/template",method="POST",status="200"} 2"#,
+        r#"wxgate_http_requests_total{route="/v1/apps/{app}/messages/template",method="GET",status="405"} 1"#,
+        r#"wxgate_http_requests_total{route="unmatched",method="GET",status="404"} 1"#,
+        r#"wxgate_http_requests_total{route="/healthz",method="GET",status="200"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(
+        !text.contains("/v1/apps/oa/"),
+        "a raw path in a label:\n{text}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_count_outcomes_and_wechat_errcodes_by_class() {
     let gw = spawn().await;
