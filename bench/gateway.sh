@@ -19,9 +19,13 @@
 # parsing or recording, so its own cost does not hide the gateway's) or UPSTREAM=fake (the full
 # fake WeChat; its record is checked for non-zero errcodes at the end).
 #
-# VARIANTS="redis redis-limits" runs only those gateway variants (the hops always run).
+# VARIANTS="redis redis-limits" runs only those variants (hop-first and hop-last always run).
+# BASELINE=path/to/wxgate adds `redis-limits-base`: the redis-limits variant served by that
+# binary (a release build of an earlier commit), run next to redis-limits in each round (after
+# it in odd rounds, before it in even ones), so a change is measured against its baseline in
+# the same rounds.
 #
-# Usage: [UPSTREAM=zero|fake] [VARIANTS=...] bash bench/gateway.sh [DURATION_SECS=5] [CONNECTIONS=32] [ROUNDS=1]
+# Usage: [UPSTREAM=zero|fake] [VARIANTS=...] [BASELINE=...] bash bench/gateway.sh [DURATION_SECS=5] [CONNECTIONS=32] [ROUNDS=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-5}; conns=${2:-32}; rounds=${3:-1}; upstream=${UPSTREAM:-zero}
@@ -139,9 +143,10 @@ hop() {
   kill $p; wait $p 2>/dev/null || true
 }
 gateway() {
-  local variant=$1 level=warn
+  local variant=$1 level=warn b=$bin config=$1
   [ "$variant" = memory-info ] && level=info
-  WXGATE_LOG=$level "$bin" serve --config "$work/$variant.toml" >"$work/gw-$variant.log" 2>&1 & local p=$!
+  [ "$variant" = redis-limits-base ] && { b=$BASELINE; config=redis-limits; }
+  WXGATE_LOG=$level "$b" serve --config "$work/$config.toml" >"$work/gw-$variant.log" 2>&1 & local p=$!
   wait_up "http://127.0.0.1:$gw_port/readyz"
   until curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null; do sleep 0.1; done
   run "$variant" "http://127.0.0.1:$gw_port/v1/apps/bench/messages/template" "$p"
@@ -153,7 +158,11 @@ for round in $(seq "$rounds"); do
   echo "== round $round"
   hop hop-first
   for v in ${VARIANTS:-memory memory-info redis redis-limits hop-reqwest}; do
+    # The baseline runs after redis-limits in odd rounds and before it in even ones.
+    base=; [ "$v" = redis-limits ] && [ -n "${BASELINE:-}" ] && base=1
+    [ -n "$base" ] && (( round % 2 == 0 )) && gateway redis-limits-base
     case $v in hop-reqwest) hop "$v" ;; *) gateway "$v" ;; esac
+    [ -n "$base" ] && (( round % 2 == 1 )) && gateway redis-limits-base
   done
   hop hop-last
 done
@@ -166,23 +175,25 @@ rows = [l.split() for l in open(sys.argv[1])]
 by = collections.defaultdict(dict)
 for r, v, rps, p50, p99, cmds, cpu, rcpu in rows:
     by[r][v] = (float(rps), float(p50), float(p99), cmds, cpu, rcpu)
-variants = [v for v in ["memory", "memory-info", "redis", "redis-limits", "hop-reqwest"]
+variants = [v for v in ["memory", "memory-info", "redis", "redis-limits", "redis-limits-base", "hop-reqwest"]
             if all(v in d for d in by.values())]
-print(f"{'round':<6}{'hop req/s':>10}" + "".join(f"{v:>16}" for v in variants) + "   (p99 ÷ hop p99)")
+print(f"{'round':<6}{'hop req/s':>10}" + "".join(f"{v:>19}" for v in variants) + "   (p99 ÷ hop p99)")
 for r, d in by.items():
     hop = (d["hop-first"][0] + d["hop-last"][0]) / 2
     hop99 = (d["hop-first"][2] + d["hop-last"][2]) / 2
-    cells = "".join(f"{d[v][0] / hop * 100:>15.0f}%" for v in variants)
+    cells = "".join(f"{d[v][0] / hop * 100:>18.0f}%" for v in variants)
     p99s = " ".join(f"{d[v][2] / hop99:.1f}x" for v in variants)
     print(f"{r:<6}{hop:>10.0f}{cells}   ({p99s})")
-cmds = {v: [d[v][3] for d in by.values()] for v in ["hop-first", "redis", "redis-limits"]}
-print("redis-limits as a ratio of hop-reqwest (the hop as first written, posting with reqwest):",
-      ", ".join(f"{d['redis-limits'][0] / d['hop-reqwest'][0] * 100:.0f}%" for d in by.values()))
+cmds = {v: [d[v][3] for d in by.values()]
+        for v in ["hop-first", "redis", "redis-limits", "redis-limits-base"] if v in ["hop-first"] + variants}
+if "redis-limits" in variants and "hop-reqwest" in variants:
+    print("redis-limits as a ratio of hop-reqwest (the hop as first written, posting with reqwest):",
+          ", ".join(f"{d['redis-limits'][0] / d['hop-reqwest'][0] * 100:.0f}%" for d in by.values()))
 print("redis commands per send:", ", ".join(f"{v} {'/'.join(c)}" for v, c in cmds.items()))
 order = ["hop-first"] + variants
 print("CPU per send, server process / redis-server (us, by round):")
 for v in order:
-    print(f"  {v:<13}" + "  ".join(f"{d[v][4]:>3} / {d[v][5]:>3}" for d in by.values()))
+    print(f"  {v:<18}" + "  ".join(f"{d[v][4]:>3} / {d[v][5]:>3}" for d in by.values()))
 PY
 
 if [ "$upstream" = fake ]; then
