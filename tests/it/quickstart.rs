@@ -23,11 +23,12 @@ fn start(args: &[&str], envs: &[(&str, &str)], until: &str) -> (ChildGuard, Vec<
     let mut child = ChildGuard(cmd.spawn().expect("spawn wxgate"));
     let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    // Drains the child's stdout for as long as it lives, also after `start` returned: a reader
+    // that stopped would close the pipe, and the child's next log line would then fail to
+    // write (a fake WeChat process died that way mid-test).
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let mut lines = Vec::new();
