@@ -188,11 +188,17 @@ impl Engine {
         &self.metrics
     }
 
-    /// The metric series of `app`'s sends of `api` (`None` for the token API or an app the
-    /// engine was not built with).
-    pub(crate) fn series(&self, app: &App, api: Api) -> Option<&metrics::SendSeries> {
-        let s = self.series.get(&app.name)?;
-        Api::SENDS.iter().position(|a| *a == api).map(|i| &s[i])
+    /// The metric series of `app`'s sends of `api`: the kept ones of a configured app, fresh
+    /// ones (resolved through the families on use) for anything else.
+    pub(crate) fn series(&self, app: &App, api: Api) -> std::borrow::Cow<'_, metrics::SendSeries> {
+        let kept = self
+            .series
+            .get(&app.name)
+            .and_then(|s| Api::SENDS.iter().position(|a| *a == api).map(|i| &s[i]));
+        match kept {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(metrics::SendSeries::new(&app.name, api)),
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -291,46 +297,25 @@ impl Engine {
         delivery
     }
 
-    fn sends_counter(
-        &self,
-        app: &App,
-        api: Api,
-        outcome: &str,
-    ) -> prometheus_client::metrics::counter::Counter {
-        self.metrics
-            .sends
-            .get_or_create(&SendLabels {
-                app: app.name.clone(),
-                api: api.as_str().into(),
-                outcome: outcome.into(),
-            })
-            .clone()
-    }
-
-    fn record(&self, app: &App, api: wxgate_protocol::api::Api, started: Instant, d: &Delivery) {
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let outcome = match &d.result {
-            Ok(_) => "sent",
-            Err(e) => e.code().as_str(),
+    fn record(&self, app: &App, api: Api, started: Instant, d: &Delivery) {
+        let elapsed = started.elapsed();
+        let latency_ms = elapsed.as_millis() as u64;
+        let series = self.series(app, api);
+        match &d.result {
+            Ok(_) => series.sent(&self.metrics).inc(),
+            Err(e) => self
+                .metrics
+                .sends
+                .get_or_create(&SendLabels {
+                    app: app.name.clone(),
+                    api: api.as_str().into(),
+                    outcome: e.code().as_str().into(),
+                })
+                .inc(),
         };
-        let seconds = started.elapsed().as_secs_f64();
-        match self.series(app, api) {
-            Some(s) => {
-                if d.result.is_ok() {
-                    s.sent(&self.metrics).inc();
-                } else {
-                    self.sends_counter(app, api, outcome).inc();
-                }
-                s.send_seconds(&self.metrics).observe(seconds);
-            }
-            None => {
-                self.sends_counter(app, api, outcome).inc();
-                self.metrics
-                    .send_seconds
-                    .get_or_create(&Metrics::api(&app.name, api.as_str()))
-                    .observe(seconds);
-            }
-        }
+        series
+            .send_seconds(&self.metrics)
+            .observe(elapsed.as_secs_f64());
         match &d.result {
             Ok(sent) => tracing::info!(
                 app = %app.name,

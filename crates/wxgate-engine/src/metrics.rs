@@ -131,6 +131,7 @@ pub struct Metrics {
 /// first use and kept: a send then costs no label strings and no family lookups (building the
 /// labels and hashing them was ~1 µs per send, measured with `perf` in BENCHMARKS.md). A series
 /// appears in `/metrics` when it is first used, as it would through its family.
+#[derive(Clone)]
 pub struct SendSeries {
     app: String,
     api: Api,
@@ -402,28 +403,15 @@ impl Metrics {
     /// The `http_requests` counter of a route pattern, method and status: resolved from its
     /// family once, then without building label strings.
     pub fn http_request(&self, route: &'static str, method: &'static str, status: u16) -> Counter {
-        let key = (route, method, status);
-        if let Some(c) = self
-            .http_series
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return c.clone();
-        }
-        let c = self
-            .http_requests
-            .get_or_create(&HttpLabels {
-                route: route.to_string(),
-                method: method.to_string(),
-                status: status.to_string(),
-            })
-            .clone();
-        self.http_series
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, c.clone());
-        c
+        cached(&self.http_series, (route, method, status), || {
+            self.http_requests
+                .get_or_create(&HttpLabels {
+                    route: route.to_string(),
+                    method: method.to_string(),
+                    status: status.to_string(),
+                })
+                .clone()
+        })
     }
 
     pub fn api(app: &str, api: &str) -> ApiLabels {
@@ -443,26 +431,33 @@ impl Metrics {
     }
 }
 
+/// `cache[key]`, made by `make` (from its family) the first time: a series is then reached
+/// without building its label strings.
+fn cached<K: std::hash::Hash + Eq, M: Clone>(
+    cache: &RwLock<HashMap<K, M>>,
+    key: K,
+    make: impl FnOnce() -> M,
+) -> M {
+    if let Some(m) = cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return m.clone();
+    }
+    let m = make();
+    cache
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, m.clone());
+    m
+}
+
 impl wxgate_store::StoreObserver for Metrics {
     fn observe(&self, script: &'static str, seconds: f64, ok: bool) {
         let labels = || ScriptLabels {
             script: script.to_string(),
         };
-        let known = self
-            .store_series
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(script)
-            .cloned();
-        let histogram = known.unwrap_or_else(|| {
-            let h = self.store_seconds.get_or_create(&labels()).clone();
-            self.store_series
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(script, h.clone());
-            h
-        });
-        histogram.observe(seconds);
+        cached(&self.store_series, script, || {
+            self.store_seconds.get_or_create(&labels()).clone()
+        })
+        .observe(seconds);
         if !ok {
             self.store_errors.get_or_create(&labels()).inc();
         }

@@ -63,6 +63,7 @@ impl Engine {
             hold_max_window_ms: s.hold_max_window.as_millis() as u64,
         };
         let seen = self.seen_seq(&app.appid);
+        let series = self.series(app, api);
         let asked = Instant::now();
         loop {
             let req = AcquireRequest {
@@ -84,18 +85,18 @@ impl Engine {
                 },
                 Err(_) => "unavailable",
             };
-            match self.series(app, api) {
-                Some(s) if label == "granted" => s.permits_granted(&self.metrics).inc(),
-                _ => self
-                    .metrics
+            if matches!(&reply, Ok(r) if matches!(r.decision, Acquire::Granted { .. })) {
+                series.permits_granted(&self.metrics).inc();
+            } else {
+                self.metrics
                     .permits
                     .get_or_create(&PermitLabels {
                         app: app.name.clone(),
                         api: api.as_str().into(),
                         decision: label.into(),
                     })
-                    .inc(),
-            };
+                    .inc();
+            }
             let reply = reply.map_err(SendError::store)?;
             if reply.state_loss {
                 self.metrics
@@ -114,15 +115,9 @@ impl Engine {
             match reply.decision {
                 Acquire::Granted { seq, .. } => {
                     seen.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
-                    let waited = asked.elapsed().as_secs_f64();
-                    match self.series(app, api) {
-                        Some(s) => s.permit_wait_seconds(&self.metrics).observe(waited),
-                        None => self
-                            .metrics
-                            .permit_wait_seconds
-                            .get_or_create(&crate::metrics::Metrics::api(&app.name, api.as_str()))
-                            .observe(waited),
-                    }
+                    series
+                        .permit_wait_seconds(&self.metrics)
+                        .observe(asked.elapsed().as_secs_f64());
                     return Ok(());
                 }
                 Acquire::Wait {

@@ -19,7 +19,7 @@ use wxgate_upstream::UpstreamError;
 
 use crate::idempotency::Claim;
 use crate::message::Outgoing;
-use crate::metrics::{ApiLabels, WechatErrorLabels};
+use crate::metrics::WechatErrorLabels;
 use crate::outcome::{SendError, Sent};
 use crate::Engine;
 
@@ -70,30 +70,12 @@ impl Engine {
                 }
             }
             attempts += 1;
-            match series {
-                Some(s) => s.upstream_attempts(&self.metrics).inc(),
-                None => self
-                    .metrics
-                    .upstream_attempts
-                    .get_or_create(&ApiLabels {
-                        app: app.name.clone(),
-                        api: api.as_str().into(),
-                    })
-                    .inc(),
-            };
+            series.upstream_attempts(&self.metrics).inc();
             let started = Instant::now();
             let outcome = self.call(&token.value, msg).await;
-            let seconds = started.elapsed().as_secs_f64();
-            match series {
-                Some(s) => s.upstream_seconds(&self.metrics).observe(seconds),
-                None => self
-                    .metrics
-                    .upstream_seconds
-                    .get_or_create(&crate::metrics::UpstreamLabels {
-                        api: api.as_str().into(),
-                    })
-                    .observe(seconds),
-            }
+            series
+                .upstream_seconds(&self.metrics)
+                .observe(started.elapsed().as_secs_f64());
             // May another attempt follow, and is it safe?
             let may_retry = |safe: bool, retries: u32| {
                 safe && retries + 1 < s.max_attempts && Instant::now() < deadline
