@@ -127,6 +127,50 @@ async fn dev_mode_prints_a_curl_that_returns_a_msgid() {
     assert_eq!(sends[0]["msgid"].as_u64(), Some(msgid));
 }
 
+/// `wxgate dev` and `wxgate fake-wechat` started with stdout a pipe whose reader is already
+/// gone: their banner's write fails with EPIPE (Rust ignores SIGPIPE), and they must go on
+/// serving. `println!` panicked there, so a restarted log reader would kill a gateway.
+#[tokio::test]
+async fn a_closed_stdout_does_not_stop_dev_or_the_fake() {
+    for what in ["dev", "fake-wechat"] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let mut cmd = Command::new(binary());
+        cmd.args([what, "--listen", &listen])
+            .stdout(writer)
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = ChildGuard(cmd.spawn().expect("spawn wxgate"));
+        let probe = match what {
+            "dev" => format!("http://{listen}/readyz"),
+            _ => format!("http://{listen}/_fake/calls"),
+        };
+        let http = reqwest::Client::new();
+        let mut served = 0;
+        for _ in 0..100 {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                panic!("wxgate {what} exited ({status}) with its stdout closed");
+            }
+            if let Ok(r) = http.get(&probe).send().await {
+                assert!(r.status().is_success(), "{probe}: {}", r.status());
+                served += 1;
+                // Served, then still alive after a second answer: the banner (printed once
+                // serving started, for the fake) has been written and did not kill it.
+                if served == 2 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(served, 2, "wxgate {what} never served {probe}");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "wxgate {what} exited with its stdout closed"
+        );
+    }
+}
+
 #[tokio::test]
 async fn serve_with_a_config_file_against_a_fake_wechat_process() {
     let fake_port = free_port();

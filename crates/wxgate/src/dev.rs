@@ -70,7 +70,7 @@ pub async fn run(listen: SocketAddr, fake_listen: SocketAddr) -> Result<(), Stri
         e => e.to_string(),
     })?;
     let base = format!("http://{}", app.local_addr());
-    println!("{}", banner(&base, &fake.base_url()));
+    say!("{}", banner(&base, &fake.base_url()));
     let result = app.run_until_stopped().await.map_err(|e| e.to_string());
     fake.stop().await;
     result

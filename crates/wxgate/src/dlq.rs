@@ -69,19 +69,19 @@ pub async fn run(cmd: DlqCommand) -> Result<(), String> {
                     .iter()
                     .map(|(l, st)| serde_json::json!({ "id": l.id, "entry": l.entry, "message": st }))
                     .collect();
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({ "app": app.name, "dead_letters": items })
                 );
             } else {
-                println!("{} dead letter(s) of app {}", letters.len(), app.name);
+                say!("{} dead letter(s) of app {}", letters.len(), app.name);
                 for (l, st) in &letters {
                     let why = st
                         .as_ref()
                         .and_then(|s| s.error.as_ref())
                         .map(|e| format!("{}: {}", e.code, e.message))
                         .unwrap_or_else(|| "(status expired)".into());
-                    println!("  {}  {why}", l.id);
+                    say!("  {}  {why}", l.id);
                 }
             }
             Ok(())
@@ -98,9 +98,9 @@ pub async fn run(cmd: DlqCommand) -> Result<(), String> {
                 .redrive(&app, which)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("re-driven {} message(s) of app {}", done.len(), app.name);
+            say!("re-driven {} message(s) of app {}", done.len(), app.name);
             for id in &done {
-                println!("  {id}");
+                say!("  {id}");
             }
             if let Some(ids) = which {
                 let missing: Vec<_> = ids.iter().filter(|i| !done.contains(i)).collect();

@@ -73,15 +73,31 @@ pub async fn run(config: Option<&Path>, opts: Options) -> Result<(), String> {
             }
         }
         let Some(secs) = opts.watch else {
-            print!("{out}");
-            return Ok(());
+            return write_out(&out).map(drop);
         };
-        // Clear the screen and redraw in place.
-        print!("\x1b[2J\x1b[H{out}");
+        // Clear the screen and redraw in place; a reader that went away (`| head`) ends it.
+        if !write_out(&format!("\x1b[2J\x1b[H{out}"))? {
+            return Ok(());
+        }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(secs.max(1))) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+/// Writes `out` to stdout. A closed pipe (the reader gone, as with `| head -1`) ends the command
+/// quietly, as it does for other Unix tools (`print!` would panic): the answer is then `false`.
+fn write_out(out: &str) -> Result<bool, String> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(format!("cannot write to stdout: {e}")),
     }
 }
 

@@ -24,6 +24,17 @@ use wxgate_server::{Application, BuildOptions};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `println!` that never panics: a failed write to stdout is ignored. `println!` panics when
+/// stdout is a closed pipe (its reader gone: a log shipper restarted, `| head -1`), which would
+/// kill a running gateway or fake WeChat at its banner. What these lines say is also in the
+/// logs or the command's effect; `inspect`, whose output is the point, checks its writes.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod client_errors;
 mod dev;
 mod dlq;
@@ -285,9 +296,9 @@ async fn fake_wechat(listen: SocketAddr, config: Option<PathBuf>) -> Result<(), 
     let fake = FakeWechat::start(cfg, listener)
         .await
         .map_err(|e| e.to_string())?;
-    println!("fake WeChat listening on {}", fake.base_url());
-    println!("  calls it received: curl {}/_fake/calls", fake.base_url());
-    println!(
+    say!("fake WeChat listening on {}", fake.base_url());
+    say!("  calls it received: curl {}/_fake/calls", fake.base_url());
+    say!(
         "  demo OA appid {} (secret {})",
         demo::OA_APPID,
         demo::OA_SECRET
@@ -312,8 +323,8 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
                 .join("\n")
         )
     })?;
-    println!("{}: OK", file.display());
-    println!(
+    say!("{}: OK", file.display());
+    say!(
         "  server: listens on {} with {} worker{}; upstream {}",
         s.server.listen,
         s.server.workers,
@@ -344,14 +355,14 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
         }
         (wxgate_config::StoreKind::Redis, None) => "Redis".to_string(),
     };
-    println!("  store: {store}");
+    say!("  store: {store}");
     let q = &s.queue;
     if !q.enabled {
-        println!("  queue: disabled (Prefer: respond-async answers 501)");
+        say!("  queue: disabled (Prefer: respond-async answers 501)");
     } else if s.store.kind == wxgate_config::StoreKind::Memory {
-        println!("  queue: needs the Redis store (Prefer: respond-async answers 501)");
+        say!("  queue: needs the Redis store (Prefer: respond-async answers 501)");
     } else {
-        println!(
+        say!(
             "  queue: backlog up to {} per app, {} deliveries at once per node, claim after {} ms idle, {} attempts, callbacks to {}",
             q.max_backlog,
             q.concurrency,
@@ -370,13 +381,13 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
         } else {
             " — but this binary was built without the `otlp` feature: nothing will be exported"
         };
-        println!(
+        say!(
             "  tracing: spans to {endpoint}/v1/traces as service `{}`{built}",
             s.tracing.service_name
         );
     }
     for app in s.apps.values() {
-        println!(
+        say!(
             "  app {}: appid {}, {}, token {}, secret from {}",
             app.name,
             app.appid,
@@ -399,19 +410,19 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
                 wxgate_config::Scope::Admin => "admin",
             })
             .collect();
-        println!(
+        say!(
             "  api key {}: apps {apps}; may {}",
             key.name,
             scopes.join(" and ")
         );
     }
     for missing in s.missing_for_serving() {
-        println!("  note: `wxgate serve` would refuse to start: no {missing}");
+        say!("  note: `wxgate serve` would refuse to start: no {missing}");
     }
     if online {
         match wxgate_server::check_templates_online(&s).await {
             Ok(problems) if problems.is_empty() => {
-                println!("  templates: every registered id is in WeChat's lists, fields match")
+                say!("  templates: every registered id is in WeChat's lists, fields match")
             }
             Ok(problems) => return Err(format!("template registry: {}", problems.join("; "))),
             Err(e) => return Err(format!("cannot check templates against WeChat: {e}")),
@@ -419,7 +430,7 @@ async fn check_config(file: &std::path::Path, online: bool) -> Result<(), String
     }
     for app in s.apps.values() {
         for t in app.templates.values() {
-            println!("  template {}.{}: {}", app.name, t.alias, t.id);
+            say!("  template {}.{}: {}", app.name, t.alias, t.id);
         }
     }
     Ok(())
