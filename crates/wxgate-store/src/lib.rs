@@ -134,7 +134,7 @@ pub enum TokenWrite {
 }
 
 /// Why a store operation failed. Callers fail closed on it (503), never open.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("shared state unavailable: {0}")]
     Unavailable(String),

@@ -499,6 +499,18 @@ impl RedisConn {
     ) -> Result<T, StoreError> {
         use tracing::Instrument;
         debug_assert_eq!(call.keys_left, 0, "{script}: fewer keys than declared");
+        self.run_untraced(call)
+            .instrument(tracing::info_span!("redis_script", script))
+            .await
+    }
+
+    /// [`Self::run`] without its span: for a call made on behalf of several requests (a batch
+    /// of acquires), where each request's own span covers its wait instead.
+    pub(crate) async fn run_untraced<T: FromRedisValue>(
+        &self,
+        call: &ScriptCall<'_>,
+    ) -> Result<T, StoreError> {
+        debug_assert_eq!(call.keys_left, 0, "fewer keys than declared");
         self.exec(|mut c| async move {
             match call.cmd.query_async::<T>(&mut c).await {
                 Err(e)
@@ -510,7 +522,6 @@ impl RedisConn {
                 r => r,
             }
         })
-        .instrument(tracing::info_span!("redis_script", script))
         .await
     }
 

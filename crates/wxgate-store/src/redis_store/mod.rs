@@ -8,6 +8,7 @@
 //!   safe retry).
 //! - `ops`: the store's roles ([`crate::TokenStore`], [`crate::Limiter`], ...) as script calls.
 
+mod batch;
 mod connection;
 mod ops;
 mod queue;
@@ -79,7 +80,9 @@ impl Scripts {
 pub struct RedisStore {
     keys: Keys,
     scripts: Arc<Scripts>,
-    conn: RedisConn,
+    conn: Arc<RedisConn>,
+    /// Acquires waiting for this runtime's next flush (see `batch`).
+    batcher: Arc<batch::Batcher>,
     /// For queue workers' blocking reads: one connection per app, apart from `conn`.
     cfg: RedisConfig,
     readers: std::sync::Mutex<std::collections::HashMap<String, Arc<RedisConn>>>,
@@ -97,11 +100,22 @@ impl RedisStore {
         Ok(Self {
             keys,
             scripts: Arc::new(Scripts::new()),
-            conn: RedisConn::new(cfg.clone()),
+            conn: Arc::new(RedisConn::new(cfg.clone())),
+            batcher: Default::default(),
             cfg,
             readers: Default::default(),
             observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// What a batch flush needs (see `batch`).
+    fn flusher(&self) -> batch::Flusher {
+        batch::Flusher {
+            conn: self.conn.clone(),
+            scripts: self.scripts.clone(),
+            batcher: self.batcher.clone(),
+            observer: self.observer.get().cloned(),
+        }
     }
 
     /// Runs one script call: named for its trace span and timed for the observer under one

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::Value;
 
+use super::batch::{Batcher, Shape};
 use super::connection::{as_string, ScriptCall};
 use super::{as_u64, protocol, RedisStore};
 use crate::keys::api_fields;
@@ -143,35 +144,34 @@ impl TokenStore for RedisStore {
 #[async_trait]
 impl Limiter for RedisStore {
     async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireReply, StoreError> {
-        let mut cmd = ScriptCall::new(&self.scripts.acquire, 1 + req.limits.len());
-        cmd.key(self.keys.epoch(req.appid));
-        for l in req.limits {
-            cmd.key(self.keys.limit_window(req.appid, l));
-        }
-        cmd.arg(req.known_seq)
-            .arg(req.blocks.len())
-            .arg(req.quotas.len())
-            .arg(req.limits.len());
-        for api in req.blocks {
-            let f = api_fields(*api);
-            cmd.arg(f.pause_until).arg(f.pause_errcode);
-        }
-        for q in req.quotas {
-            let f = api_fields(q.api);
-            cmd.arg(f.quota_day).arg(f.quota_used);
-        }
-        for q in req.quotas {
-            cmd.arg(q.limit);
-        }
-        for l in req.limits {
-            let span_ms = l.window_ms + req.guard_ms;
-            let hold = req.loss.hold && l.window_ms <= req.loss.hold_max_window_ms;
-            cmd.arg(l.limit)
-                .arg(span_ms * 1000)
-                .arg(span_ms + 1000)
-                .arg(u8::from(hold));
-        }
-        let v: Vec<Value> = self.script("acquire", &cmd).await?;
+        use tracing::Instrument;
+        let shape = Shape {
+            epoch: self.keys.epoch(req.appid),
+            blocks: req.blocks.to_vec(),
+            quotas: req.quotas.to_vec(),
+            windows: req
+                .limits
+                .iter()
+                .map(|l| {
+                    let hold = req.loss.hold && l.window_ms <= req.loss.hold_max_window_ms;
+                    (l.limit, l.window_ms + req.guard_ms, hold)
+                })
+                .collect(),
+        };
+        let keys = req
+            .limits
+            .iter()
+            .map(|l| self.keys.limit_window(req.appid, l))
+            .collect();
+        // The span covers this send's wait for its batch: the request's trace shows its permit
+        // call as it did when every send made its own.
+        let answer = Batcher::acquire(|| self.flusher(), &self.batcher, shape, keys, req.known_seq)
+            .instrument(tracing::info_span!("redis_script", script = "acquire"))
+            .await?;
+        let v = match answer {
+            Value::Array(v) => v,
+            other => return Err(protocol("acquire", &other)),
+        };
         let n = |i: usize| {
             v.get(i)
                 .and_then(as_u64)

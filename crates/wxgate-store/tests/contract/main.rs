@@ -6,6 +6,7 @@
 //! dominate CI time); a failing case names itself. Heavier scenarios (concurrency, NOSCRIPT
 //! recovery, failover) are their own tests.
 
+mod batching;
 mod cases;
 mod concurrency;
 mod recovery;
