@@ -6,7 +6,9 @@
 //! Arguments: Redis URL, concurrency (requests in flight on one multiplexed connection),
 //! seconds, and `full` (default) or `single`. Each decision is a realistic send: a block check, a daily quota, an app-wide
 //! window and a per-recipient window (1,000 recipients, 20 per minute each), i.e. 4 keys.
-//! `bench/store.sh` runs it next to `redis-benchmark` and reads Redis's own CPU per call.
+//! `bench/store.sh` runs it next to `redis-benchmark` and reads Redis's own CPU per decision.
+//! One single-threaded runtime, like a gateway worker: the acquires it makes in one scheduler
+//! pass share script calls (src/redis_store/batch.rs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use wxgate_store::redis_store::{RedisConfig, RedisStore, Topology};
 use wxgate_store::{Acquire, AcquireRequest, DailyQuota, Health, Limit, Limiter};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let url = args

@@ -98,22 +98,6 @@ for i = 1, nq do
   fresh_day[i] = u == 0
 end
 
--- 1. Pauses and quotas outrank a full window: the send's answer, or nil.
-local function blocked()
-  local blocked_until, kind, index, errcode = paused_until, 1, pause_index, pause_errcode
-  for i = 1, nq do
-    if used[i] >= tonumber(ARGV[ql + i]) then
-      local day_end_ms = (day_n + 1) * 86400000 - 28800000
-      if day_end_ms > blocked_until then
-        blocked_until, kind, index, errcode = day_end_ms, 2, i, 0
-      end
-    end
-  end
-  if blocked_until > 0 then
-    return {3, loss, blocked_until, kind, index, errcode}
-  end
-end
-
 -- How long until one more grant fits in the window list `key` (window i) holding n grants
 -- (<= 0: it fits now): the limit-th newest grant must have left the span.
 local function wait_of(i, key, n)
@@ -128,96 +112,111 @@ local function wait_of(i, key, n)
   return (tonumber(redis.call('LINDEX', key, n - limit)) or now_us) + span_us - now_us
 end
 
--- 2. A window held after a state loss counts as full until every lost grant has left it:
--- then nothing is pushed, and every window of the send is only read. The answer, or nil.
-local function held_wait(base)
-  local wait_us, wait_index, held = 0, 0, 0
-  for i = 1, nl do
-    if ARGV[wl + 4 * i] == '1' then
-      local w = lost_at * 1000 + tonumber(ARGV[wl + 4 * i - 2]) - now_us
-      if w > wait_us then
-        wait_us, wait_index, held = w, i, 1
-      end
-    end
-  end
-  if wait_us <= 0 then
-    return nil
-  end
-  for i = 1, nl do
-    local key = KEYS[base + i]
-    local w = wait_of(i, key, redis.call('LLEN', key))
-    if w > wait_us then
-      wait_us, wait_index, held = w, i, 0
-    end
-  end
-  return {2, loss, math.ceil(wait_us / 1000), wait_index, held}
-end
-
--- 3. Take the permit from every window of the send (push the grant's time), then check each
--- against the grants it held before: a full one refuses, and every push of the send is taken
--- back (RPOP). In a window that had room only because its oldest grants left the span, LTRIM
--- drops them. The grant time is TIME's own digits.
+-- The grant time is TIME's own digits.
 local stamp = t[2]
 if #stamp < 6 then
   stamp = string.rep('0', 6 - #stamp) .. stamp
 end
 stamp = t[1] .. stamp
-local function take(base)
-  local wait_us, wait_index = 0, 0
-  for i = 1, nl do
-    local key = KEYS[base + i]
-    local n = redis.call('RPUSH', key, stamp) - 1
-    -- A window far from full (fewer grants than its limit, however old) needs no more.
-    if n >= tonumber(ARGV[wl + 4 * i - 3]) then
-      local w = wait_of(i, key, n)
-      if w > 0 then
-        if w > wait_us then
-          wait_us, wait_index = w, i
-        end
-      else
-        redis.call('LTRIM', key, n - tonumber(ARGV[wl + 4 * i - 3]) + 1, -1)
+
+-- The sends, one after the other. (Written out in one loop, without a function per step: this
+-- runs for every send, and Lua closures and tables cost here what a Redis command does.)
+local answers = {}
+local granted = {} -- the KEYS index before each granted send's windows
+for j = 1, m do
+  local base = 1 + (j - 1) * nl -- KEYS index before this send's windows
+  local a
+  -- 1. Pauses and quotas outrank a full window.
+  local blocked_until, kind, index, errcode = paused_until, 1, pause_index, pause_errcode
+  for i = 1, nq do
+    if used[i] >= tonumber(ARGV[ql + i]) then
+      local day_end_ms = (day_n + 1) * 86400000 - 28800000
+      if day_end_ms > blocked_until then
+        blocked_until, kind, index, errcode = day_end_ms, 2, i, 0
       end
     end
   end
-  if wait_us > 0 then
-    for i = 1, nl do
-      redis.call('RPOP', KEYS[base + i])
-    end
-    return {2, loss, math.ceil(wait_us / 1000), wait_index, 0}
+  if blocked_until > 0 then
+    a = {3, loss, blocked_until, kind, index, errcode}
   end
-end
-
-local answers = {}
-local granted = 0
-local ttl_of = {} -- window list -> its TTL, for every list a grant pushed to
-for j = 1, m do
-  local base = 1 + (j - 1) * nl -- KEYS index before this send's windows
-  local a = blocked()
+  -- 2. A window held after a state loss counts as full until every lost grant has left it:
+  -- then nothing is pushed, and every window of the send is only read.
   if not a and lost_at > 0 then
-    a = held_wait(base)
-  end
-  if not a then
-    a = take(base)
-  end
-  if not a then
+    local wait_us, wait_index, held = 0, 0, 0
     for i = 1, nl do
-      ttl_of[KEYS[base + i]] = ARGV[wl + 4 * i - 1]
+      if ARGV[wl + 4 * i] == '1' then
+        local w = lost_at * 1000 + tonumber(ARGV[wl + 4 * i - 2]) - now_us
+        if w > wait_us then
+          wait_us, wait_index, held = w, i, 1
+        end
+      end
     end
+    if wait_us > 0 then
+      for i = 1, nl do
+        local key = KEYS[base + i]
+        local w = wait_of(i, key, redis.call('LLEN', key))
+        if w > wait_us then
+          wait_us, wait_index, held = w, i, 0
+        end
+      end
+      a = {2, loss, math.ceil(wait_us / 1000), wait_index, held}
+    end
+  end
+  -- 3. Take the permit from every window of the send (push the grant's time), then check
+  -- each against the grants it held before: a full one refuses, and every push of the send
+  -- is taken back (RPOP). In a window that had room only because its oldest grants left the
+  -- span, LTRIM drops them.
+  if not a then
+    local wait_us, wait_index = 0, 0
+    for i = 1, nl do
+      local key = KEYS[base + i]
+      local n = redis.call('RPUSH', key, stamp) - 1
+      -- A window far from full (fewer grants than its limit, however old) needs no more.
+      local limit = tonumber(ARGV[wl + 4 * i - 3])
+      if n >= limit then
+        local w = wait_of(i, key, n)
+        if w > 0 then
+          if w > wait_us then
+            wait_us, wait_index = w, i
+          end
+        else
+          redis.call('LTRIM', key, n - limit + 1, -1)
+        end
+      end
+    end
+    if wait_us > 0 then
+      for i = 1, nl do
+        redis.call('RPOP', KEYS[base + i])
+      end
+      a = {2, loss, math.ceil(wait_us / 1000), wait_index, 0}
+    end
+  end
+  if not a then
     for i = 1, nq do
       used[i] = used[i] + 1
     end
     seq = seq + 1
-    granted = granted + 1
+    granted[#granted + 1] = base
     a = {1, loss, now_ms, seq}
   end
   answers[j] = a
   loss = 0 -- one loss, reported once: to the batch's first send
 end
-if granted == 0 then
+if #granted == 0 then
   return answers
 end
-for key, ttl in pairs(ttl_of) do
-  redis.call('PEXPIRE', key, ttl)
+-- Each list a grant pushed to lives its TTL from now: once per list, not per send (a list
+-- shared by the sends, such as the app's window of the API, is the same key in each).
+local prev = 0
+for g = 1, #granted do
+  local base = granted[g]
+  for i = 1, nl do
+    local key = KEYS[base + i]
+    if g == 1 or key ~= KEYS[prev + i] then
+      redis.call('PEXPIRE', key, ARGV[wl + 4 * i - 1])
+    end
+  end
+  prev = base
 end
 if nq == 0 then
   redis.call('HSET', epoch, 'seq', seq)
