@@ -25,7 +25,7 @@ use redis::Value;
 use tokio::sync::oneshot;
 
 use super::connection::{RedisConn, ScriptCall};
-use super::Scripts;
+use super::{observed, protocol, RedisStore, Scripts};
 use crate::keys::api_fields;
 use crate::{Api, DailyQuota, StoreError, StoreObserver};
 
@@ -59,19 +59,18 @@ pub(crate) struct Batcher {
 }
 
 /// What a flush needs of the store, owned: it runs as a task of its own.
-pub(crate) struct Flusher {
-    pub conn: Arc<RedisConn>,
-    pub scripts: Arc<Scripts>,
-    pub batcher: Arc<Batcher>,
-    pub observer: Option<Arc<dyn StoreObserver>>,
+struct Flusher {
+    conn: Arc<RedisConn>,
+    scripts: Arc<Scripts>,
+    batcher: Arc<Batcher>,
+    observer: Option<Arc<dyn StoreObserver>>,
 }
 
-impl Batcher {
+impl RedisStore {
     /// Joins this runtime's pending batch (scheduling its flush when it is the first) and
     /// waits for this send's answer: one element of `acquire.lua`'s answer array.
-    pub(crate) async fn acquire(
-        flusher: impl FnOnce() -> Flusher,
-        batcher: &Arc<Batcher>,
+    pub(super) async fn acquire_batched(
+        &self,
         shape: Shape,
         keys: Vec<String>,
         known_seq: u64,
@@ -79,7 +78,11 @@ impl Batcher {
         let (answer, rx) = oneshot::channel();
         let runtime = tokio::runtime::Handle::current();
         let first = {
-            let mut pending = batcher.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = self
+                .batcher
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let batch = pending.entry(runtime.id()).or_default();
             batch.push(Member {
                 shape,
@@ -90,7 +93,13 @@ impl Batcher {
             batch.len() == 1
         };
         if first {
-            runtime.spawn(flusher().flush(runtime.id()));
+            let flusher = Flusher {
+                conn: self.conn.clone(),
+                scripts: self.scripts.clone(),
+                batcher: self.batcher.clone(),
+                observer: self.observer.get().cloned(),
+            };
+            runtime.spawn(flusher.flush(runtime.id()));
         }
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::Unavailable(
@@ -158,21 +167,20 @@ impl Flusher {
                 .arg(span_ms + 1000)
                 .arg(u8::from(hold));
         }
-        let started = std::time::Instant::now();
-        let r: Result<Vec<Value>, StoreError> = self.conn.run_untraced(&call).await;
-        if let Some(o) = &self.observer {
-            o.observe("acquire", started.elapsed().as_secs_f64(), r.is_ok());
-        }
+        let r = observed(
+            self.observer.as_ref(),
+            "acquire",
+            self.conn.run_untraced::<Vec<Value>>(&call),
+        )
+        .await
+        .and_then(|answers| match answers.len() == members.len() {
+            true => Ok(answers),
+            false => Err(protocol("acquire (one answer per send)", &answers)),
+        });
         match r {
-            Ok(answers) if answers.len() == members.len() => {
+            Ok(answers) => {
                 for (m, a) in members.into_iter().zip(answers) {
                     let _ = m.answer.send(Ok(a));
-                }
-            }
-            Ok(answers) => {
-                let e = super::protocol("acquire (one answer per send)", &answers);
-                for m in members {
-                    let _ = m.answer.send(Err(e.clone()));
                 }
             }
             Err(e) => {

@@ -108,16 +108,6 @@ impl RedisStore {
         })
     }
 
-    /// What a batch flush needs (see `batch`).
-    fn flusher(&self) -> batch::Flusher {
-        batch::Flusher {
-            conn: self.conn.clone(),
-            scripts: self.scripts.clone(),
-            batcher: self.batcher.clone(),
-            observer: self.observer.get().cloned(),
-        }
-    }
-
     /// Runs one script call: named for its trace span and timed for the observer under one
     /// name.
     async fn script<T: redis::FromRedisValue>(
@@ -134,17 +124,26 @@ impl RedisStore {
         script: &'static str,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let started = std::time::Instant::now();
-        let r = op.await;
-        if let Some(o) = self.observer.get() {
-            o.observe(script, started.elapsed().as_secs_f64(), r.is_ok());
-        }
-        r
+        observed(self.observer.get(), script, op).await
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
+}
+
+/// Runs one store operation, reporting its latency and failure to `observer`.
+async fn observed<T>(
+    observer: Option<&Arc<dyn crate::StoreObserver>>,
+    script: &'static str,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let r = op.await;
+    if let Some(o) = observer {
+        o.observe(script, started.elapsed().as_secs_f64(), r.is_ok());
+    }
+    r
 }
 
 pub(crate) fn protocol(what: &str, v: impl fmt::Debug) -> StoreError {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::Value;
 
-use super::batch::{Batcher, Shape};
+use super::batch::Shape;
 use super::connection::{as_string, ScriptCall};
 use super::{as_u64, protocol, RedisStore};
 use crate::keys::api_fields;
@@ -165,7 +165,8 @@ impl Limiter for RedisStore {
             .collect();
         // The span covers this send's wait for its batch: the request's trace shows its permit
         // call as it did when every send made its own.
-        let answer = Batcher::acquire(|| self.flusher(), &self.batcher, shape, keys, req.known_seq)
+        let answer = self
+            .acquire_batched(shape, keys, req.known_seq)
             .instrument(tracing::info_span!("redis_script", script = "acquire"))
             .await?;
         let v = match answer {

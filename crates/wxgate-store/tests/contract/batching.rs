@@ -100,6 +100,19 @@ async fn acquire(store: &dyn Store, s: &Send, known_seq: u64) -> Acquire {
         .decision
 }
 
+/// A request with only these windows: no quota, no pause.
+fn windows_only(limits: &[Limit], known_seq: u64) -> AcquireRequest<'_> {
+    AcquireRequest {
+        appid: APP,
+        limits,
+        quotas: &[],
+        blocks: &[],
+        guard_ms: 0,
+        known_seq,
+        loss: LossPolicy::default(),
+    }
+}
+
 /// A decision without its times (which differ between two runs).
 fn timeless(a: &Acquire) -> String {
     match a {
@@ -231,16 +244,7 @@ async fn a_state_loss_found_by_a_batch_holds_all_its_sends() {
         limit: 5,
         window_ms: 60_000,
     }];
-    let req = |known_seq| AcquireRequest {
-        appid: APP,
-        limits: &l,
-        quotas: &[],
-        blocks: &[],
-        guard_ms: 0,
-        known_seq,
-        loss: LossPolicy::default(),
-    };
-    let (a, b) = (req(0), req(1_000));
+    let (a, b) = (windows_only(&l, 0), windows_only(&l, 1_000));
     let replies = futures_util::future::join_all([store.acquire(&a), store.acquire(&b)]).await;
     let replies: Vec<_> = replies.into_iter().map(|r| r.expect("acquire")).collect();
     assert_eq!(
@@ -276,19 +280,7 @@ async fn a_failed_batch_answers_every_send() {
         futures_util::future::join_all(all.iter().map(|s| {
             let l = limits(s);
             let store = store.clone();
-            async move {
-                store
-                    .acquire(&AcquireRequest {
-                        appid: APP,
-                        limits: &l,
-                        quotas: &[],
-                        blocks: &[],
-                        guard_ms: 0,
-                        known_seq: 0,
-                        loss: LossPolicy::default(),
-                    })
-                    .await
-            }
+            async move { store.acquire(&windows_only(&l, 0)).await }
         })),
     )
     .await
@@ -313,25 +305,13 @@ async fn concurrent_batches_never_grant_past_a_window() {
         let store = replicas[i % 3].clone();
         let granted = granted.clone();
         tasks.push(tokio::spawn(async move {
-            let s = Send {
-                api: Api::TemplateSend,
-                openid: format!("u{i}"),
-            };
             let l = [Limit {
-                scope: LimitScope::Api(s.api),
+                scope: LimitScope::Api(Api::TemplateSend),
                 limit: 17,
                 window_ms: 60_000,
             }];
             let d = store
-                .acquire(&AcquireRequest {
-                    appid: APP,
-                    limits: &l,
-                    quotas: &[],
-                    blocks: &[],
-                    guard_ms: 0,
-                    known_seq: 0,
-                    loss: LossPolicy::default(),
-                })
+                .acquire(&windows_only(&l, 0))
                 .await
                 .expect("acquire")
                 .decision;
